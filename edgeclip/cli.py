@@ -37,9 +37,6 @@ class LazyGroup(click.Group):
         if cmd is not None or name not in LAZY_COMMANDS:
             return cmd
         target, help_text = LAZY_COMMANDS[name]
-        if ctx.resilient_parsing or "--help" in sys.argv[1:2] or "-h" in sys.argv[1:2]:
-            # listing only: do not import heavy modules for `edgeclip -h`
-            pass
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)

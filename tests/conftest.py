@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# torchvision's transforms (a reference for the preprocessing parity test) installed beside the
+# venv by the test set-up command; the PyPI binary cannot be imported beside torch's CPU build.
+_tv_ref = Path(sys.prefix) / "torchvision-ref"
+if "EDGECLIP_TORCHVISION_REF" not in os.environ and _tv_ref.is_dir():
+    os.environ["EDGECLIP_TORCHVISION_REF"] = str(_tv_ref)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
