@@ -24,7 +24,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("edgeclip.distill.cli:distill", "Train a teacher or distill a student (needs [train])."),
     "eval": ("edgeclip.distill.cli:eval_cmd", "Retrieval R@K of a checkpoint or bundle on a dataset."),
     "export": ("edgeclip.export.cli:export", "Export a student checkpoint to an ONNX bundle (needs [export])."),
-    "build-engine": ("edgeclip.export.cli:build_engine", "Build TensorRT engines for a bundle on this device."),
+    "build-engine": ("edgeclip.export.tensorrt_build:build_engine", "Build TensorRT engines for a bundle on this device."),
 }
 
 
@@ -41,15 +41,10 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            missing = e.name or ""
-            if missing.split(".")[0] in ("torch", "transformers", "onnx", "onnxslim",
-                                          "onnxconverter_common", "safetensors", "tensorrt",
-                                          "usearch", "matplotlib"):
-                extra = {"onnx": "export", "onnxslim": "export", "onnxconverter_common": "export",
-                         "tensorrt": "tensorrt", "usearch": "index",
-                         "matplotlib": "plot"}.get(missing.split(".")[0], "train")
-                return _missing_extra_command(name, help_text, missing, extra)
-            raise
+            extra = extra_for(e)
+            if extra is None:
+                raise
+            return _missing_extra_command(name, help_text, e.name, extra)
         return getattr(module, attr)
 
     def format_commands(self, ctx, formatter):
@@ -64,6 +59,18 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+# top-level module -> the pip extra that installs it
+EXTRAS = {"torch": "train", "transformers": "train", "safetensors": "train",
+          "efficientnet_lite_pytorch": "train", "onnx": "export", "onnxslim": "export",
+          "onnxconverter_common": "export", "tensorrt": "tensorrt", "cuda": "tensorrt",
+          "usearch": "index", "matplotlib": "plot", "skimage": "demo"}
+
+
+def extra_for(e: ModuleNotFoundError) -> str | None:
+    """The edgeclip extra that provides the missing module, or None (then it is a bug)."""
+    return EXTRAS.get((e.name or "").split(".")[0])
 
 
 def _missing_extra_command(name, help_text, missing, extra):
@@ -87,6 +94,13 @@ def run_main(command: click.Command, args=None, prog_name: str | None = None) ->
         command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except EdgeClipError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as e:
+        extra = extra_for(e)
+        if extra is None:
+            raise
+        click.echo(f"error: this command needs the '{e.name}' package: "
+                   f"pip install 'edgeclip[{extra}]'", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

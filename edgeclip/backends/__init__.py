@@ -7,6 +7,7 @@ a GPU are here, else ONNX Runtime with CUDA when present, else ONNX Runtime on t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, BundleError
@@ -98,21 +99,26 @@ def make_runner(manifest: Manifest, bundle_dir: Path, tower_name: str, backend: 
                 precision: str | None = None, model_path: Path | None = None,
                 threads: int | None = None) -> Runner:
     tower = manifest.tower(tower_name)
-    concrete = resolve_backend(manifest, tower_name, backend, model_path)
     where = f"{bundle_dir}: {tower_name} tower"
+    matches = None
     if model_path is not None:
         rel = model_path.name
-        matches = [m for m in tower.models if Path(m.path).name == rel]
-        if not matches:
-            # the file belongs to the other tower: fall back to the usual choice for this one
-            matches = None
-    else:
-        matches = None
+        matches = [m for m in tower.models if Path(m.path).name == rel] or None
+        if matches is None:
+            # the file belongs to the other tower: this one gets the usual choice (an image
+            # engine must not force TensorRT on a text tower that has no engine)
+            model_path = None
+    concrete = resolve_backend(manifest, tower_name, backend, model_path)
     if concrete == "tensorrt":
         from .tensorrt import TensorRTRunner
         engines = [m for m in tower.models if m.format == "tensorrt"]
         if matches is not None:
             model = matches[0]
+            if model.format != "tensorrt":
+                raise BackendUnavailableError(
+                    f"{bundle_dir / model.path} is an ONNX graph; backend='tensorrt' runs .plan "
+                    f"engines. Use backend='onnxruntime-tensorrt' for ONNX graphs on TensorRT, or "
+                    f"build an engine with `edgeclip build-engine {bundle_dir}`.")
         else:
             if not engines:
                 raise BundleError(f"{where}: no TensorRT engine. Build one on this device with "
@@ -127,15 +133,32 @@ def make_runner(manifest: Manifest, bundle_dir: Path, tower_name: str, backend: 
         model = _pick(_onnx_candidates(tower, device), _PREFER[device], precision, where)
     provider_options = None
     if concrete == "onnxruntime-tensorrt":
-        cache = bundle_dir / "trt_ep_cache"
-        try:
-            cache.mkdir(exist_ok=True)
-        except OSError:
-            pass
-        provider_options = [{"trt_engine_cache_enable": "True",
-                             "trt_engine_cache_path": str(cache),
-                             "trt_fp16_enable": "True" if model.precision == "fp16" else "False",
-                             "trt_int8_enable": "True" if model.precision == "int8" else "False"},
-                            {}, {}]
+        provider_options = [trt_ep_options(tower, model, bundle_dir), {}, {}]
     return OnnxRuntimeRunner(tower, model, bundle_dir / model.path, backend=concrete,
                              threads=threads, provider_options=provider_options)
+
+
+def trt_ep_options(tower, model: ModelFile, bundle_dir: Path) -> dict:
+    """ONNX Runtime TensorRT EP options: engine and timing caches inside the bundle (when it is
+    writable), an optimisation profile for batch 1..max_batch (else the EP rebuilds its engine for
+    every new batch size), and reduced precision where the graph has it (fp16 casts, Q/DQ)."""
+    opts = {"trt_fp16_enable": "True" if model.precision in ("fp16", "int8") else "False",
+            "trt_int8_enable": "True" if model.precision == "int8" else "False"}
+    cache = bundle_dir / "trt_ep_cache"
+    try:
+        cache.mkdir(exist_ok=True)
+        writable = os.access(cache, os.W_OK)
+    except OSError:
+        writable = False
+    if writable:
+        opts.update({"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                     "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)})
+    shapes = {}
+    for label, b in (("min", 1), ("opt", max(1, min(8, tower.max_batch))), ("max", tower.max_batch)):
+        parts = []
+        for t in tower.inputs:
+            dims = [b if d == "batch" else int(d) for d in t.shape]
+            parts.append(f"{t.name}:{'x'.join(str(d) for d in dims)}")
+        shapes[f"trt_profile_{label}_shapes"] = ",".join(parts)
+    opts.update(shapes)
+    return opts

@@ -41,14 +41,66 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
             node.name = f"{node.op_type}_{i}"
 
 
+def _split_tail(model: onnx.ModelProto, tail: set[str]):
+    """(body model whose outputs are the tail's inputs, tail nodes, tail-only initializers)."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {vi.name: vi for vi in list(inferred.value_info) + list(inferred.input)
+             + list(inferred.output)}
+    body_nodes = [n for n in graph.node if n.name not in tail]
+    tail_nodes = [n for n in graph.node if n.name in tail]
+    produced = {o for n in body_nodes for o in n.output} | {i.name for i in graph.input}
+    body_inputs = {i for n in body_nodes for i in n.input}
+    inits = {i.name: i for i in graph.initializer}
+    boundary = []
+    for n in tail_nodes:
+        for name in n.input:
+            if name in produced and name not in boundary:
+                boundary.append(name)
+    tail_inits = [inits[i] for n in tail_nodes for i in n.input
+                  if i in inits and i not in body_inputs]
+    body = onnx.ModelProto()
+    body.CopyFrom(model)
+    del body.graph.node[:]
+    body.graph.node.extend(body_nodes)
+    keep = [i for i in graph.initializer if i.name in body_inputs]
+    del body.graph.initializer[:]
+    body.graph.initializer.extend(keep)
+    del body.graph.output[:]
+    body.graph.output.extend(types[name] for name in boundary)
+    del body.graph.value_info[:]  # stale types of tail tensors would be converted too
+    return body, tail_nodes, {i.name: i for i in tail_inits}
+
+
 def convert_fp16(src: str | Path, dst: str | Path, extra_block_ops: tuple[str, ...] = ()) -> Path:
-    """Write an fp16 copy of ``src`` whose inputs/outputs and sensitive ops stay float32."""
+    """Write an fp16 copy of ``src`` whose inputs/outputs and sensitive ops stay float32.
+
+    The L2-normalisation tail is cut off, the body converted with float32 I/O, and the tail
+    appended again unchanged (onnxconverter-common cannot keep a blocked node that feeds a graph
+    output when ``keep_io_types`` is set).
+    """
     model = onnx.load(str(src))
     _name_nodes(model.graph)
     op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(SENSITIVE_OPS) | set(extra_block_ops))
-    fp16 = float16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=op_block,
-        node_block_list=normalisation_tail(model.graph))
-    onnx.checker.check_model(fp16)
-    onnx.save(fp16, str(dst))
+    # Cast nodes are blocked by name (the converter leaves their `to` at float32; blocking the op
+    # type instead loops forever over the Cast nodes it inserts itself).
+    casts = [n.name for n in model.graph.node if n.op_type == "Cast"]
+    tail = set(normalisation_tail(model.graph))
+    if not tail:
+        out = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=op_block,
+                                               node_block_list=casts)
+    else:
+        body, tail_nodes, tail_inits = _split_tail(model, tail)
+        out = float16.convert_float_to_float16(body, keep_io_types=True, op_block_list=op_block,
+                                               node_block_list=[c for c in casts if c not in tail])
+        out.graph.node.extend(tail_nodes)
+        out.graph.initializer.extend(tail_inits.values())
+        del out.graph.output[:]
+        out.graph.output.extend(model.graph.output)
+        tail_tensors = {t for n in tail_nodes for t in list(n.input) + list(n.output)}
+        keep = [vi for vi in out.graph.value_info if vi.name not in tail_tensors]
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(keep)
+    onnx.checker.check_model(out, full_check=True)
+    onnx.save(out, str(dst))
     return Path(dst)

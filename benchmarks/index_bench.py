@@ -1,0 +1,205 @@
+"""Benchmark of the image index: search latency (exact and usearch HNSW) on synthetic vectors,
+ANN recall@10, end-to-end ``ImageIndex.search_vector`` latency on a real SQLite index, and
+indexing throughput on Flickr8k images with a bundle.
+
+    python benchmarks/index_bench.py                       # default model, all sizes
+    python benchmarks/index_bench.py --bundle path/to/bundle --images 1000
+    python benchmarks/index_bench.py --sizes 10000,100000 --ann-sizes 10000
+
+Synthetic vectors are unit vectors with low intrinsic dimension (clustered points in a
+48-d latent space, projected to ``--dim`` plus noise), like real image embeddings; one
+isotropic (worst case for HNSW) recall is reported too. Writes ``benchmarks/results/index.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import onnxruntime  # noqa: E402,F401  (before usearch: the other order segfaults, see index_search)
+
+from edgeclip.index_search import AnnIndex, exact_search  # noqa: E402
+
+
+def structured(n: int, dim: int, rng, latent: int = 48, clusters: int = 2000):
+    proj = rng.standard_normal((latent, dim), dtype=np.float32)
+    centres = rng.standard_normal((clusters, latent), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        z = centres[rng.integers(0, clusters, m)] + 0.5 * rng.standard_normal((m, latent),
+                                                                            dtype=np.float32)
+        out[s:s + m] = z @ proj + 0.3 * rng.standard_normal((m, dim), dtype=np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    zq = centres[rng.integers(0, clusters, 200)] + 0.5 * rng.standard_normal((200, latent),
+                                                                           dtype=np.float32)
+    q = zq @ proj
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return out, q
+
+
+def isotropic(n: int, dim: int, rng):
+    m = rng.standard_normal((n, dim), dtype=np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    q = m[rng.integers(0, n, 200)] + 0.5 * rng.standard_normal((200, dim), dtype=np.float32) / 16
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return m, q
+
+
+def ms(times) -> float:
+    return round(float(np.median(times)) * 1e3, 3)
+
+
+def bench_exact(m, queries, k=10):
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        exact_search(m, q, k)
+        times.append(time.perf_counter() - t)
+    return {"median_ms": ms(times), "p95_ms": round(float(np.percentile(times, 95)) * 1e3, 3)}
+
+
+def bench_ann(m, queries, k=10, efs=(128,)):
+    ann = AnnIndex(m.shape[1])
+    t = time.perf_counter()
+    ann.upsert(np.arange(len(m)), m)
+    out = {"build_s": round(time.perf_counter() - t, 1)}
+    truth = [set(exact_search(m, q, k)[0].tolist()) for q in queries]
+    for ef in efs:
+        ann.index.expansion_search = ef
+        times, hits = [], 0
+        for q, tr in zip(queries, truth):
+            t = time.perf_counter()
+            keys, _ = ann.search(q, k)
+            times.append(time.perf_counter() - t)
+            hits += len(tr & set(keys.tolist()))
+        out[f"ef{ef}"] = {"median_ms": ms(times),
+                          "p95_ms": round(float(np.percentile(times, 95)) * 1e3, 3),
+                          f"recall@{k}": round(hits / (k * len(queries)), 4)}
+    return out
+
+
+def bench_end_to_end(m, queries, tmp: Path):
+    """ImageIndex.search_vector on a real SQLite index of len(m) rows (float16 blobs)."""
+    from edgeclip.index import ImageIndex
+    from edgeclip.index_store import connect, set_meta, transaction
+    db = tmp / "synthetic.db"
+    conn = connect(db)
+    with transaction(conn):
+        set_meta(conn, model_name="synthetic", model_identity="synthetic", dim=m.shape[1])
+        half = m.astype(np.float16)
+        conn.executemany("INSERT INTO images(path, folder, size, mtime_ns, hash, embedding, "
+                         "indexed_at, gen) VALUES (?, ?, 0, ?, ?, ?, 0, 1)",
+                         ((f"/photos/{i // 1000}/{i}.jpg", f"/photos/{i // 1000}", i, f"h{i}",
+                           half[i].tobytes()) for i in range(len(m))))
+    conn.close()
+    ix = ImageIndex(db)
+    t = time.perf_counter()
+    ix.search_vector(queries[0], 10)
+    load = time.perf_counter() - t
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        ix.search_vector(q, 10)
+        times.append(time.perf_counter() - t)
+    ftimes = []
+    for q in queries[:50]:
+        t = time.perf_counter()
+        ix.search_vector(q, 10, folder="/photos/7")
+        ftimes.append(time.perf_counter() - t)
+    ix.close()
+    return {"rows": len(m), "first_query_with_load_s": round(load, 2),
+            "median_ms": ms(times), "folder_filter_median_ms": ms(ftimes)}
+
+
+def bench_indexing(bundle, n_images: int, tmp: Path):
+    from edgeclip.embedder import Embedder
+    from edgeclip.index import ImageIndex
+    flickr = Path(os.environ.get("EDGECLIP_FLICKR8K") or REPO.parent / "shared" / "data" /
+                  "flickr8k")
+    images = sorted((flickr / "images").glob("*.jpg"))[:n_images]
+    if not images:
+        return {"skipped": f"no Flickr8k images in {flickr}"}
+    folder = tmp / "photos"
+    folder.mkdir()
+    for p in images:
+        os.symlink(p, folder / p.name)
+    emb = Embedder(bundle, towers=("image",))
+    ix = ImageIndex(tmp / "flickr.db", embedder=emb)
+    first = ix.add_folder(folder, progress=False)
+    again = ix.add_folder(folder, progress=False)
+    ix.close()
+    return {"model": emb.model_name, "bundle": str(emb.bundle_dir), "backend": emb.backend,
+            "precision": emb.precision, "images": len(images),
+            "first_run": {"seconds": round(first.seconds, 2),
+                          "images_per_s": round(first.images_per_s, 1),
+                          "added": first.added, "skipped": first.skipped},
+            "no_change_rerun_s": round(again.seconds, 3)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--ann-sizes", default="10000,100000,1000000")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--bundle", default=None, help="bundle for the indexing run "
+                    "(default: the built-in default model)")
+    ap.add_argument("--images", type=int, default=1000, help="Flickr8k images to index")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "index.json"))
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    res = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                       "numpy": np.__version__}, "dim": args.dim, "queries": 200,
+           "exact": {}, "ann": {}}
+    for dist in ("usearch", "onnxruntime"):
+        try:
+            res["machine"][dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    res["machine"]["loadavg_at_start"] = list(os.getloadavg())
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    ann_sizes = {int(s) for s in args.ann_sizes.split(",") if s}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for n in sizes:
+            m, q = structured(n, args.dim, rng)
+            res["exact"][str(n)] = bench_exact(m, q)
+            print(f"exact {n}: {res['exact'][str(n)]}", flush=True)
+            if n == 100_000:
+                res["end_to_end_100k"] = bench_end_to_end(m, q, tmp)
+                print(f"ImageIndex 100k: {res['end_to_end_100k']}", flush=True)
+            if n in ann_sizes:
+                res["ann"][str(n)] = bench_ann(m, q)
+                print(f"ann {n}: {res['ann'][str(n)]}", flush=True)
+            del m
+        if 100_000 in ann_sizes:
+            m, q = isotropic(100_000, args.dim, rng)
+            res["ann_isotropic_100k"] = bench_ann(m, q, efs=(128, 512))
+            print(f"ann isotropic 100k: {res['ann_isotropic_100k']}", flush=True)
+            del m
+        try:
+            res["indexing"] = bench_indexing(args.bundle, args.images, tmp)
+        except Exception as e:  # noqa: BLE001 - e.g. no default model yet: say so in the JSON
+            res["indexing"] = {"skipped": f"{type(e).__name__}: {e}"}
+        print(f"indexing: {res['indexing']}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The three supervision types of an edge. Inputs are L2-normalised (B, D) features; the pair
+``(a, b)`` is aligned row by row (row i of a and row i of b come from the same image-caption pair).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def infonce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE: mean of CE(a b^T * s, diag) and CE(b a^T * s, diag)."""
+    logits = logit_scale * a @ b.T
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def fd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Feature distance: mean over the batch of ||normalize(s) - t||^2 (0 when equal)."""
+    return (F.normalize(student, dim=-1) - teacher).pow(2).sum(-1).mean()
+
+
+def sd(student_sim: torch.Tensor, teacher_sim: torch.Tensor, temperature: float,
+       mask_diagonal: bool = False) -> torch.Tensor:
+    """Similarity distance: KL(softmax(teacher_sim/T) || softmax(student_sim/T)) by rows, mean
+    over rows, times T^2 (the usual distillation scaling). 0 when the matrices are equal.
+    With ``mask_diagonal`` the (trivial) self-similarities are left out of both distributions."""
+    s, t = student_sim / temperature, teacher_sim / temperature
+    if mask_diagonal:
+        eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+        s = s.masked_fill(eye, float("-inf"))
+        t = t.masked_fill(eye, float("-inf"))
+    log_p_s = F.log_softmax(s, dim=-1)
+    log_p_t = F.log_softmax(t, dim=-1)
+    p_t = log_p_t.exp()
+    terms = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t))
+    return terms.sum(-1).mean() * temperature ** 2

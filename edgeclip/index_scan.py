@@ -1,0 +1,94 @@
+"""Finding image files, hashing their bytes, and the demo photos that scikit-image ships."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EdgeClipError, ImageIndexError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+# The colour photographs in scikit-image's ``skimage/data`` (not its tiny or grey test images).
+DEMO_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+               "motorcycle_right.png", "horse.png", "hubble_deep_field.jpg", "retina.jpg",
+               "ihc.png")
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def stat_file(path: str) -> FileStat:
+    st = os.stat(path)
+    return FileStat(path, st.st_size, st.st_mtime_ns)
+
+
+def scan_folder(root: str | os.PathLike, recursive: bool = True) -> list[FileStat]:
+    """Image files under ``root`` (hidden folders such as ``.thumbnails`` are left out)."""
+    root = os.path.abspath(os.fspath(root))
+    if not os.path.exists(root):
+        raise ImageIndexError(f"folder {root} does not exist; pass an existing folder of images.")
+    if not os.path.isdir(root):
+        raise ImageIndexError(f"{root} is not a folder; pass the folder that holds the images.")
+    found: list[FileStat] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue  # an unreadable sub-folder: nothing to index there
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if recursive and not e.name.startswith("."):
+                        stack.append(e.path)
+                elif is_image_name(e.name) and e.is_file():
+                    st = e.stat()
+                    found.append(FileStat(e.path, st.st_size, st.st_mtime_ns))
+            except OSError:
+                continue  # vanished while scanning
+    found.sort(key=lambda f: f.path)
+    return found
+
+
+def hash_file(path: str, chunk: int = 1 << 20) -> str:
+    """blake2b-128 of the file's bytes, hex."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def demo_photos_dir() -> Path:
+    """``skimage/data`` of the installed scikit-image, found without importing it."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgeClipError("the demo photos come with scikit-image, which is not installed: "
+                            "pip install 'edgeclip[demo]', or pass a folder: edgeclip index DIR")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def demo_photos() -> list[str]:
+    """Absolute paths of the colour demo photographs that are present."""
+    d = demo_photos_dir()
+    found = [str(d / n) for n in DEMO_PHOTOS if (d / n).is_file()]
+    if not found:
+        raise EdgeClipError(f"no demo photos in {d}: reinstall scikit-image "
+                            f"(pip install 'edgeclip[demo]'), or pass a folder: edgeclip index DIR")
+    return found
