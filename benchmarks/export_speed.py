@@ -50,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flickr8k", type=Path, default=REPO.parent / "shared" / "data" / "flickr8k")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--calib-count", type=int, default=200)
+    ap.add_argument("--calib-count", type=int, default=256)
     ap.add_argument("--calib-method", default="minmax")
     ap.add_argument("--n-eval", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=7)
@@ -77,6 +77,13 @@ def main() -> None:
                                  threads=args.threads)
     export_s = time.perf_counter() - t0
 
+    from edgeclip.manifest import load_bundle
+    manifest, _ = load_bundle(bundle)
+    quant = {}
+    for tower in ("image", "text"):
+        q = manifest.tower(tower).find_model(precision="int8")[0].extra["quantization"]
+        quant[tower] = {**{k: v for k, v in q.items() if k != "excluded_nodes"},
+                        "excluded_nodes": len(q["excluded_nodes"])}
     dev = load_split(args.flickr8k, "dev")
     imgs = sample(dev.images, args.n_eval)
     caps = sample(dev.captions, args.n_eval)
@@ -87,6 +94,7 @@ def main() -> None:
                              "threads": args.threads, "onnxruntime": ort.__version__},
                  "model": model.name, "export_seconds": round(export_s, 1),
                  "calibration": {"method": args.calib_method, "count": args.calib_count},
+                 "quantization": quant,
                  "verification": report["cosine"]}
     for tower, feed in (("image", img_feed), ("text", txt_feed)):
         s = {p: session(bundle / f"{tower}.{p}.onnx", args.threads)

@@ -23,7 +23,7 @@ from ..manifest import (MANIFEST_NAME, Manifest, ModelFile, TokenizerCfg, TowerS
 from .calibration import image_reader, text_reader
 from .data import SplitData, builtin_samples, load_split, sample
 from .fp16 import convert_fp16
-from .int8 import quantize_int8
+from .int8 import default_exclude, quantize_int8
 from .onnx_export import export_tower, set_metadata, tensor_specs
 from .profiles import ExportProfile, validate
 from .verify import Thresholds, VerifyData, format_report, raise_on_failure, verify_export
@@ -64,6 +64,8 @@ def export_dual_encoder(model, out_dir: str | Path, precisions=("fp32", "fp16", 
     prof = ExportProfile(**{**vars(prof), "precisions": tuple(precisions), "target": target,
                             "calib_count": calib_count or prof.calib_count,
                             "calib_method": calib_method or prof.calib_method})
+    if prof.exclude is None:
+        prof.exclude = default_exclude(prof.target)
     validate(prof, "export options")
     thresholds = thresholds or Thresholds()
     model = model.eval()
@@ -103,8 +105,9 @@ def export_dual_encoder(model, out_dir: str | Path, precisions=("fp32", "fp16", 
                 else:
                     reader = text_reader(sample(calib.captions, prof.calib_count),
                                          model.tokenizer_file, int(model.context_length))
-                quant_info[tower] = quantize_int8(fp32, out / name, reader, prof.target,
-                                                  prof.calib_method, tuple(prof.exclude))
+                quant_info[tower] = quantize_int8(
+                    fp32, out / name, reader, prof.target, prof.calib_method, tuple(prof.exclude),
+                    weight_only=prof.weight_only, moving_average=prof.calib_moving_average)
                 files[(tower, "int8")] = name
     manifest = _manifest(model, out, files, quant_info, prof, tools, towers)
     mirror = manifest.mirror_dict()

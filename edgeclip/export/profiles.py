@@ -15,8 +15,10 @@ Example::
     [calibration]
     method = "entropy"             # minmax | entropy | percentile
     count = 512
+    moving_average = false         # minmax only; default: true for target cpu
     [quantization]
     exclude = ["first_conv", "token_embedding", "final_projection"]  # roles or node names
+    weight_only = ["ffn_down"]     # cpu: excluded MatMuls given 8-bit weight-only quantization
 
 Unknown keys raise :class:`ConfigError` naming the key.
 """
@@ -37,15 +39,15 @@ else:  # pragma: no cover
 PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
-DEFAULT_EXCLUDE = ("first_conv", "token_embedding", "final_projection", "ffn_down")
+DEFAULT_EXCLUDE = ("first_conv", "token_embedding", "final_projection", "ffn_down")  # tensorrt
 
 _SCHEMA = {
     "": {"name", "description", "target", "precisions", "opset", "batch", "tensorrt",
          "calibration", "quantization"},
     "batch": {"min", "opt", "max"},
     "tensorrt": {"workspace_mib", "builder_optimization_level", "timing_cache"},
-    "calibration": {"method", "count"},
-    "quantization": {"exclude"},
+    "calibration": {"method", "count", "moving_average"},
+    "quantization": {"exclude", "weight_only"},
 }
 
 
@@ -64,7 +66,9 @@ class ExportProfile:
     timing_cache: str = "timing.cache"
     calib_method: str = "minmax"
     calib_count: int = 256
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    exclude: tuple[str, ...] | None = None      # None: the target's default (int8.default_exclude)
+    weight_only: tuple[str, ...] | None = None  # None: the target's default (cpu only)
+    calib_moving_average: bool | None = None    # None: on for target cpu
     source: str = ""
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -75,6 +79,8 @@ def _get(d: dict, key: str, kind, where: str):
         raise ConfigError(f"{where}: '{key}' must be an integer, got {v!r}.")
     if kind is str and not isinstance(v, str):
         raise ConfigError(f"{where}: '{key}' must be a string, got {v!r}.")
+    if kind is bool and not isinstance(v, bool):
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {v!r}.")
     if kind is list and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
         raise ConfigError(f"{where}: '{key}' must be a list of strings, got {v!r}.")
     return v
@@ -127,9 +133,13 @@ def load_profile(path: str | Path) -> ExportProfile:
         p.calib_method = _get(c, "method", str, f"{w} [calibration]")
     if "count" in c:
         p.calib_count = _get(c, "count", int, f"{w} [calibration]")
+    if "moving_average" in c:
+        p.calib_moving_average = _get(c, "moving_average", bool, f"{w} [calibration]")
     q = raw.get("quantization", {})
     if "exclude" in q:
         p.exclude = tuple(_get(q, "exclude", list, f"{w} [quantization]"))
+    if "weight_only" in q:
+        p.weight_only = tuple(_get(q, "weight_only", list, f"{w} [quantization]"))
     validate(p, w)
     return p
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Export the chosen student as the built-in default model (edgeclip/models/default) and measure it:
+# staging export with FP32 for verification, test-split R@K of FP32 vs INT8 vs FP16 through
+# Embedder, the shipped bundle (FP16 for TensorRT + CPU INT8), and the latency of teacher vs student.
+#   bash benchmarks/ship_default.sh        (after benchmarks/flickr8k_experiment.sh)
+set -euo pipefail
+DATA="${DATA:-../shared/data/flickr8k}"
+RUNS="${RUNS:-runs}"
+BEST="${BEST:-$RUNS/student-cona/best}"
+TEACHER="${TEACHER:-$RUNS/teacher/best}"
+OUT=benchmarks/results/flickr8k
+mkdir -p "$OUT" "$RUNS/export"
+calib=(--target cpu --calib-data "$DATA" --calib-split train --calib-count 256 --eval-data "$DATA" --eval-split dev)
+
+# 1. staging bundle with FP32 (verification vs PyTorch, INT8 R@1 drop on dev)
+rm -rf "$RUNS/export/student"
+edgeclip export "$BEST" --out "$RUNS/export/student" --precision fp32,fp16,int8 "${calib[@]}"
+# 2. test split through Embedder, each precision
+for p in fp32 fp16 int8; do
+  edgeclip eval --model "$RUNS/export/student" --data "$DATA" --split test --backend onnxruntime \
+    --precision "$p" --json > "$OUT/shipped-$p.test.json"
+done
+# 3. the shipped bundle: FP16 (to build TensorRT engines) + CPU INT8 (Embedder() on any CPU)
+rm -rf edgeclip/models/default
+edgeclip export "$BEST" --out edgeclip/models/default --precision fp16,int8 "${calib[@]}"
+# 4. teacher bundle, FP32 and INT8, for latency
+rm -rf "$RUNS/export/teacher"
+edgeclip export "$TEACHER" --out "$RUNS/export/teacher" --precision fp32,int8 "${calib[@]}" --allow-degraded
+# 5. latency, teacher first (ratio column), same run, interleaved
+peers=()  # from `python benchmarks/peers.py --out cache/peers` (random weights; latency only)
+for p in cache/peers/vit-b-32 cache/peers/mobileclip-s0; do [ -d "$p" ] && peers+=("$p"); done
+edgeclip-bench "$RUNS/export/teacher" "$RUNS/export/student" "${peers[@]}" --precision fp32,int8 --batch-sizes 1,8,32 \
+  --duration 3 --threads 2 --json benchmarks/results/flickr8k_latency_raw.json \
+  --csv benchmarks/results/flickr8k_latency.csv --plot benchmarks/results/flickr8k_latency.png
+du -sh edgeclip/models/default
