@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,8 +91,11 @@ def main() -> None:
     tok = Tokenizer(bundle / "tokenizer.json", int(model.context_length))
     img_feed = next(image_batches(imgs[:8], model.preprocess, 8))
     txt_feed = next(text_batches(caps[:8], tok, 8))
-    res: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
-                             "threads": args.threads, "onnxruntime": ort.__version__},
+    from edgeclip.profiling.machine import machine_info
+    res: dict = {"command": " ".join(["python", "benchmarks/export_speed.py", *sys.argv[1:]]),
+                 "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                 "machine": {**machine_info(), "threads": args.threads,
+                             "onnxruntime": ort.__version__},
                  "model": model.name, "export_seconds": round(export_s, 1),
                  "calibration": {"method": args.calib_method, "count": args.calib_count},
                  "quantization": quant,
