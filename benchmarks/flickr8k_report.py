@@ -14,10 +14,11 @@ import argparse
 import datetime
 import json
 import os
-import platform
 from pathlib import Path
 
 from safetensors import safe_open
+
+from edgeclip.profiling.machine import cpu_model
 
 RESULTS = Path("benchmarks/results")
 ROWS = [
@@ -68,14 +69,23 @@ def best_epoch(run: Path) -> dict | None:
     return best
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+def latency_table(bench: dict) -> dict:
+    """teacher vs student (and peers) p50 latency per (tower, precision, batch) from the
+    edgeclip-bench JSON."""
+    models = [m["label"] if isinstance(m, dict) else m for m in bench.get("models", [])]
+    cells: dict = {}
+    for r in bench["rows"]:
+        key = (r["tower"], r["precision"], r["batch_size"])
+        cells.setdefault(key, {})[r["model"]] = r["latency_p50_ms"]
+        if r["model"] not in models:
+            models.append(r["model"])
+    rows = []
+    for (tower, prec, batch), p50 in sorted(cells.items()):
+        t, s = p50.get("teacher"), p50.get("student")
+        rows.append({"tower": tower, "precision": prec, "batch": batch, "p50": p50,
+                     "speedup": (t / s) if t and s else float("nan")})
+    return {"command": bench.get("command"), "date": bench.get("date"), "models": models,
+            "rows": rows}
 
 
 def main(argv=None):
@@ -99,10 +109,14 @@ def main(argv=None):
                                                       "i2t_r1") if k in dev} if dev else None,
                      "command": COMMANDS.get(key)})
     extra = {}
-    for name in ("flickr8k_latency.json", "flickr8k_shipped.json"):
-        p = RESULTS / name
-        if p.is_file():
-            extra[name.removesuffix(".json")] = json.loads(p.read_text())
+    lat = RESULTS / "flickr8k_latency_raw.json"
+    if lat.is_file():
+        extra["latency"] = latency_table(json.loads(lat.read_text()))
+    shipped = {p: json.loads((RESULTS / "flickr8k" / f"shipped-{p}.test.json").read_text())
+               for p in ("fp32", "fp16", "int8")
+               if (RESULTS / "flickr8k" / f"shipped-{p}.test.json").is_file()}
+    if shipped:
+        extra["shipped"] = shipped
     out = {"date": datetime.date.today().isoformat(),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
            "data": "Flickr8k test split: 1,000 images, 5,000 captions",
@@ -145,14 +159,33 @@ def main(argv=None):
               "Baselines (from `../shared/notes/measured.md`, same test split): frozen ImageNet "
               "Lite0 + frozen MiniLM first 2 layers + trained linear heads: mean recall 30.4 "
               "(t2i R@1 11.0, i2t R@1 15.7); with all 6 MiniLM layers 33.4.", ""]
-    if "flickr8k_latency" in extra:
-        lines += ["## Latency (edgeclip-bench, ONNX Runtime, same run)", ""]
-        lines += extra["flickr8k_latency"].get("markdown", "").splitlines()
+    if "latency" in extra:
+        lt = extra["latency"]
+        lines += ["## Latency (edgeclip-bench, ONNX Runtime CPU, one run, interleaved rounds)", "",
+                  f"`{lt['command']}` on {lt['date']}. Median latency per call (ms); ratio = "
+                  "teacher / student at the same precision and batch (higher: student faster).",
+                  "", "| tower | precision | batch | " + " | ".join(lt["models"])
+                  + " | teacher / student |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in lt["models"]) + " | --- |"]
+        for r in lt["rows"]:
+            lines.append(f"| {r['tower']} | {r['precision']} | {r['batch']} | "
+                         + " | ".join(f"{r['p50'].get(m, float('nan')):.1f}" for m in lt["models"])
+                         + f" | {r['speedup']:.2f}x |")
         lines.append("")
-    if "flickr8k_shipped" in extra:
-        s = extra["flickr8k_shipped"]
-        lines += ["## The shipped default (exported bundle, ONNX Runtime CPU, test split)", ""]
-        lines += s.get("markdown", "").splitlines()
+    if "shipped" in extra:
+        sh = extra["shipped"]
+        lines += ["## The shipped default: exported bundle through `Embedder`, test split", "",
+                  "| precision | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 "
+                  "| mean recall |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for p, m in sh.items():
+            lines.append(f"| {p} | {m['t2i_r1']:.2f} | {m['t2i_r5']:.2f} | {m['t2i_r10']:.2f} | "
+                         f"{m['i2t_r1']:.2f} | {m['i2t_r5']:.2f} | {m['i2t_r10']:.2f} | "
+                         f"{m['mean_recall']:.2f} |")
+        if "fp32" in sh and "int8" in sh:
+            lines.append("")
+            lines.append(f"INT8 vs FP32 R@1: text->image {sh['int8']['t2i_r1'] - sh['fp32']['t2i_r1']:+.2f}, "
+                         f"image->text {sh['int8']['i2t_r1'] - sh['fp32']['i2t_r1']:+.2f} points "
+                         "(target: lose <= 1.5). Made by `bash benchmarks/ship_default.sh`.")
         lines.append("")
     lines += ["## Commands", ""]
     for r in rows:

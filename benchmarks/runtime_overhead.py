@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,16 +25,7 @@ from PIL import Image
 import edgeclip
 from edgeclip import Embedder
 from edgeclip.preprocess import preprocess_image
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from edgeclip.profiling.machine import cpu_model
 
 
 def main(argv=None):
@@ -85,7 +75,7 @@ def main(argv=None):
     result = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0]},
         "edgeclip": edgeclip.__version__, "model": emb.model_name, "precision": emb.precision,
         "images": n, "batch": bs, "rounds": a.rounds,
         "seconds_median": med, "seconds_all": times,

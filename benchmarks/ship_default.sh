@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Export the chosen student as the built-in default model (edgeclip/models/default) and measure it:
+# Export the best student (by dev mean recall) as the built-in default model (edgeclip/models/default) and measure it:
 # staging export with FP32 for verification, test-split R@K of FP32 vs INT8 vs FP16 through
 # Embedder, the shipped bundle (FP16 for TensorRT + CPU INT8), and the latency of teacher vs student.
 #   bash benchmarks/ship_default.sh        (after benchmarks/flickr8k_experiment.sh)
 set -euo pipefail
 DATA="${DATA:-../shared/data/flickr8k}"
 RUNS="${RUNS:-runs}"
-BEST="${BEST:-$RUNS/student-cona/best}"
+if [ -z "${BEST:-}" ]; then  # the student with the best dev mean recall (chosen on dev, never test)
+  BEST=$(python - "$RUNS" <<'PY'
+import json, pathlib, sys
+runs = pathlib.Path(sys.argv[1])
+scores = {p.parent.name: max([json.loads(l)["mean_recall"] for l in open(p) if "mean_recall" in l]
+                              or [-1.0])
+          for p in runs.glob("*/metrics.jsonl")
+          if p.parent.name != "teacher" and not p.parent.name.startswith("_")}
+print(runs / max(scores, key=scores.get) / "best")
+PY
+)
+fi
+echo "shipping $BEST"
 TEACHER="${TEACHER:-$RUNS/teacher/best}"
 OUT=benchmarks/results/flickr8k
 mkdir -p "$OUT" "$RUNS/export"

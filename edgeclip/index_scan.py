@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EdgeClipError, ImageIndexError
+from .manifest import digest_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -65,14 +66,7 @@ def scan_folder(root: str | os.PathLike, recursive: bool = True) -> list[FileSta
 
 def hash_file(path: str, chunk: int = 1 << 20) -> str:
     """blake2b-128 of the file's bytes, hex."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+    return digest_file(path, hashlib.blake2b(digest_size=16), chunk)
 
 
 def demo_photos_dir() -> Path:

@@ -57,8 +57,8 @@ DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
 ONNX_METADATA_KEY = "edgeclip.manifest"
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def digest_file(path: str | os.PathLike, h, chunk: int = 1 << 20) -> str:
+    """Feed a file to the hashlib object ``h`` in chunks; return its hex digest."""
     with open(path, "rb") as f:
         while True:
             block = f.read(chunk)
@@ -66,6 +66,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    return digest_file(path, hashlib.sha256())
 
 
 def _req(d: dict, key: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:
