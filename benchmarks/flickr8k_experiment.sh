@@ -25,7 +25,7 @@ student() {  # name [extra --set ...]
   echo "done: $name"
 }
 # fill the caches (student prefix, teacher embeddings) once, before the lanes share them
-student _warm-caches --set train.max_steps=1 --set train.eval_every_epochs=0
+THREADS=$((THREADS * LANES)) student _warm-caches --set train.max_steps=1 --set train.eval_every_epochs=0
 specs=(
   "student-cona"
   "student-clip --set loss.preset=clip"

@@ -81,7 +81,7 @@ def latency_table(bench: dict) -> dict:
             models.append(r["model"])
     rows = []
     for (tower, prec, batch), p50 in sorted(cells.items()):
-        t, s = p50.get("teacher"), p50.get("student")
+        t, s = p50.get(models[0]), p50.get(models[1])  # the run lists teacher, then student
         rows.append({"tower": tower, "precision": prec, "batch": batch, "p50": p50,
                      "speedup": (t / s) if t and s else float("nan")})
     return {"command": bench.get("command"), "date": bench.get("date"), "models": models,
@@ -155,6 +155,31 @@ def main(argv=None):
         lines.append(f"| {r['label']} | {t['t2i_r1']:.1f} | {t['t2i_r5']:.1f} | {t['t2i_r10']:.1f} "
                      f"| {t['i2t_r1']:.1f} | {t['i2t_r5']:.1f} | {t['i2t_r10']:.1f} "
                      f"| **{t['mean_recall']:.1f}** | {pct} | {ps} | {r['checkpoint_mb'] or ''} |")
+    by = {r["run"]: r for r in rows}
+    findings = []
+    if "student-cona" in by:
+        cona = by["student-cona"]["test"]["mean_recall"]
+        for k in ("student-clip", "student-fd"):
+            if k in by:
+                findings.append(f"`cona` vs `{k.split('-')[1]}`: {cona - by[k]['test']['mean_recall']:+.1f} "
+                                "mean recall (test).")
+        for k, r in by.items():
+            if k.startswith("cona-no-"):
+                findings.append(f"removing {k.removeprefix('cona-no-')} from `cona`: "
+                                f"{r['test']['mean_recall'] - cona:+.1f} mean recall.")
+        if teacher:
+            findings.append(f"`cona` keeps {100 * cona / teacher['test']['mean_recall']:.0f}% of the "
+                            "teacher's mean recall (target 85%).")
+    devs = {k: r["dev_best"]["mean_recall"] for k, r in by.items()
+            if r["dev_best"] and k != "teacher"}
+    if devs:
+        best = max(devs, key=devs.get)
+        findings.append(f"best student on dev: `{best}` ({devs[best]:.1f} dev mean recall; "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(devs.items()))
+                        + "): it is the shipped default.")
+    if findings:
+        lines += ["", "Findings at this budget (3 epochs, Lite0 blocks 0-12 frozen):", ""]
+        lines += [f"- {f}" for f in findings]
     lines += ["",
               "Baselines (from `../shared/notes/measured.md`, same test split): frozen ImageNet "
               "Lite0 + frozen MiniLM first 2 layers + trained linear heads: mean recall 30.4 "
@@ -187,7 +212,11 @@ def main(argv=None):
                          f"image->text {sh['int8']['i2t_r1'] - sh['fp32']['i2t_r1']:+.2f} points "
                          "(target: lose <= 1.5). Made by `bash benchmarks/ship_default.sh`.")
         lines.append("")
-    lines += ["## Commands", ""]
+    lines += ["## Commands", "",
+              "All rows were made by `bash benchmarks/flickr8k_experiment.sh` (teacher with 2 "
+              "threads; students two at a time, 1 thread each), the test rows by its `edgeclip "
+              "eval` loop, the shipped bundle, the INT8 rows and the latency table by "
+              "`bash benchmarks/ship_default.sh`. Each row alone:", ""]
     for r in rows:
         if r["command"]:
             lines.append(f"- {r['run']}: `{r['command']}`")

@@ -175,19 +175,21 @@ def resize_crop(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
 
 
 class Normalizer:
-    """uint8 HWC -> normalised float32 CHW, with the constants folded once."""
+    """uint8 HWC -> normalised float32 CHW: ``x * scale - shift`` with the constants folded once
+    (``scale = 1 / (255 * std)``, ``shift = mean / std``): two passes over the pixels."""
 
     def __init__(self, cfg: PreprocessCfg):
-        self.mean = np.asarray(cfg.mean, dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(cfg.std, dtype=np.float32).reshape(3, 1, 1)
+        mean = np.asarray(cfg.mean, dtype=np.float64).reshape(3, 1, 1)
+        std = np.asarray(cfg.std, dtype=np.float64).reshape(3, 1, 1)
+        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self.shift = (mean / std).astype(np.float32)
 
     def __call__(self, hwc: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         chw = hwc.transpose(2, 0, 1)
         if out is None:
             out = np.empty(chw.shape, dtype=np.float32)
-        np.divide(chw, np.float32(255.0), out=out, dtype=np.float32)
-        out -= self.mean
-        out /= self.std
+        np.multiply(chw, self.scale, out=out, dtype=np.float32)
+        out -= self.shift
         return out
 
 
