@@ -52,3 +52,22 @@ def tiny_bundle(tmp_path_factory) -> Path:
                                         "'edgeclip[train]')")
     from tiny_model import build_tiny_bundle
     return build_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle") / "bundle")
+
+
+@pytest.fixture
+def fp16_bundle(tiny_bundle, tmp_path) -> Path:
+    """A copy of the tiny bundle plus real fp16 graphs (edgeclip.export.fp16), for TensorRT
+    builds."""
+    import shutil
+
+    pytest.importorskip("onnxconverter_common", reason="fp16 graphs need edgeclip[export]")
+    from edgeclip.export.fp16 import convert_fp16
+    from edgeclip.manifest import ModelFile, load_bundle, write_manifest
+    b = tmp_path / "fp16_bundle"
+    shutil.copytree(tiny_bundle, b)
+    manifest, _ = load_bundle(b)
+    for t in ("image", "text"):
+        convert_fp16(b / f"{t}.fp32.onnx", b / f"{t}.fp16.onnx")
+        manifest.tower(t).models.append(ModelFile(f"{t}.fp16.onnx", "onnx", "fp16", "any"))
+    write_manifest(manifest, b)
+    return b

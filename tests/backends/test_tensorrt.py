@@ -223,20 +223,13 @@ def test_trt_ep_options(tiny_bundle, tmp_path):
 
 # -- the real thing: needs TensorRT and a GPU ---------------------------------------------------
 @pytest.mark.gpu
-def test_engine_matches_onnxruntime(tiny_bundle, tmp_path):
+def test_engine_matches_onnxruntime(fp16_bundle):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU)")
     if T.tensorrt_unavailable_reason() is not None:
         pytest.skip(f"TensorRT cannot run here: {T.tensorrt_unavailable_reason()}")
     import edgeclip
-    from edgeclip.export.fp16 import convert_fp16
     from edgeclip.export.tensorrt_build import BuildSettings, build_engines
-    b = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, b)
-    manifest, _ = load_bundle(b)
-    for t in ("image", "text"):
-        convert_fp16(b / f"{t}.fp32.onnx", b / f"{t}.fp16.onnx")
-        manifest.tower(t).models.append(ModelFile(f"{t}.fp16.onnx", "onnx", "fp16", "any"))
-    write_manifest(manifest, b)
+    b = fp16_bundle
     build_engines(b, BuildSettings(precision="fp16", opt_batch=4, streams=2))
     ref = edgeclip.Embedder(b, backend="onnxruntime", precision="fp32")
     trt = edgeclip.Embedder(b, backend="tensorrt")

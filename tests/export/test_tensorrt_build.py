@@ -4,7 +4,6 @@ absent). The build itself is marked ``gpu`` and skipped without TensorRT and a G
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -98,20 +97,6 @@ def test_pick_source():
     assert "--target tensorrt" in str(e.value) and "unsigned activations" in str(e.value)
     with pytest.raises(BundleError, match="no fp16 ONNX graph"):
         B.pick_source(tower_with(q_trt), "image", "fp16", Path("b"))
-
-
-@pytest.fixture
-def fp16_bundle(tiny_bundle, tmp_path) -> Path:
-    """The tiny bundle plus real fp16 graphs (edgeclip.export.fp16)."""
-    from edgeclip.export.fp16 import convert_fp16
-    b = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, b)
-    manifest, _ = load_bundle(b)
-    for t in ("image", "text"):
-        convert_fp16(b / f"{t}.fp32.onnx", b / f"{t}.fp16.onnx")
-        manifest.tower(t).models.append(ModelFile(f"{t}.fp16.onnx", "onnx", "fp16", "any"))
-    write_manifest(manifest, b)
-    return b
 
 
 def test_engine_entry_round_trips_through_manifest(fp16_bundle):
