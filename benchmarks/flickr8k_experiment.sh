@@ -2,7 +2,8 @@
 # The Flickr8k experiment of the built-in default model (benchmarks/results/flickr8k.md):
 # composite teacher, then students of one architecture and budget: clip, fd, cona, and cona with
 # each edge family removed; test-split retrieval of every model at the end.
-#   bash benchmarks/flickr8k_experiment.sh          (from the repository root; ~1.5 h on 2 CPU cores)
+#   bash benchmarks/flickr8k_experiment.sh          (from the repository root; ~2 h on 2 CPU cores:
+#                                                     teacher ~26 min, seven students ~90 min)
 # Env: DATA (default ../shared/data/flickr8k), RUNS (runs), LANES (students trained at once,
 # default 2, each with THREADS=1 thread: on a small CPU two 1-thread runs beat one 2-thread run),
 # SKIP_TEACHER=1 to reuse $RUNS/teacher/best.

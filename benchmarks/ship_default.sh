@@ -36,8 +36,11 @@ done
 rm -rf edgeclip/models/default
 edgeclip export "$BEST" --out edgeclip/models/default --precision fp16,int8 "${calib[@]}"
 # 4. teacher bundle, FP32 and INT8, for latency
-rm -rf "$RUNS/export/teacher"
-edgeclip export "$TEACHER" --out "$RUNS/export/teacher" --precision fp32,int8 "${calib[@]}" --allow-degraded
+#    (kept when it is newer than the teacher checkpoint: the same teacher gives the same graphs)
+if [ ! "$RUNS/export/teacher/manifest.json" -nt "$TEACHER/model.safetensors" ]; then
+  rm -rf "$RUNS/export/teacher"
+  edgeclip export "$TEACHER" --out "$RUNS/export/teacher" --precision fp32,int8 "${calib[@]}" --allow-degraded
+fi
 # 5. latency, teacher first (ratio column), same run, interleaved
 peers=()  # from `python benchmarks/peers.py --out cache/peers` (random weights; latency only)
 for p in cache/peers/vit-b-32 cache/peers/mobileclip-s0; do [ -d "$p" ] && peers+=("$p"); done

@@ -22,6 +22,24 @@ def test_infonce_equals_direct_formula():
     assert float(L.infonce(a, b, s)) == pytest.approx(want, rel=1e-5)
 
 
+def test_sd_gradient_is_comparable_to_infonce():
+    """The similarity-distance edge must pull as hard as a contrastive edge: with the T^2 factor
+    of logit distillation its gradient on cosine similarities was ~300x smaller (the edge did
+    nothing in training)."""
+    torch.manual_seed(0)
+    s = F.normalize(torch.randn(32, 16), dim=-1)
+    t = F.normalize(s + 0.5 * torch.randn(32, 16), dim=-1)
+    sims = (s @ s.T).requires_grad_(True)
+    L.sd(sims, t @ t.T, 0.05, mask_diagonal=True).backward()
+    g_sd = sims.grad.norm()
+    logits_in = (s @ t.T).requires_grad_(True)
+    target = torch.arange(32)
+    (0.5 * (F.cross_entropy(logits_in / 0.07, target)
+            + F.cross_entropy(logits_in.T / 0.07, target))).backward()
+    ratio = float(g_sd / logits_in.grad.norm())
+    assert 0.1 < ratio < 10, ratio
+
+
 def test_fd_and_sd_zero_when_student_equals_teacher():
     x = F.normalize(torch.randn(6, 8), dim=-1)
     y = F.normalize(torch.randn(6, 8), dim=-1)
