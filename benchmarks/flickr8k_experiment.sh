@@ -43,4 +43,9 @@ mkdir -p benchmarks/results/flickr8k
 evals=(teacher student-cona student-clip student-fd cona-no-intra_ts cona-no-inter_ts cona-no-inter_ss cona-no-intra_ss)
 printf '%s\n' "${evals[@]}" | xargs -P "$LANES" -I{} bash -c \
   'OMP_NUM_THREADS=$THREADS edgeclip eval --model "$RUNS/{}/best" --data "$DATA" --split test --json > "benchmarks/results/flickr8k/{}.test.json"'
+mkdir -p benchmarks/results/flickr8k/metrics  # losses per edge and dev R@K per epoch, resolved configs
+for r in "${evals[@]}"; do
+  cp "$RUNS/$r/metrics.jsonl" "benchmarks/results/flickr8k/metrics/$r.jsonl"
+  cp "$RUNS/$r/config.json" "benchmarks/results/flickr8k/metrics/$r.config.json"
+done
 echo "experiment done"

@@ -13,7 +13,7 @@ runs = pathlib.Path(sys.argv[1])
 scores = {p.parent.name: max([json.loads(l)["mean_recall"] for l in open(p) if "mean_recall" in l]
                               or [-1.0])
           for p in runs.glob("*/metrics.jsonl")
-          if p.parent.name != "teacher" and not p.parent.name.startswith("_")}
+          if not p.parent.name.startswith(("teacher", "_"))}
 print(runs / max(scores, key=scores.get) / "best")
 PY
 )
@@ -24,6 +24,7 @@ OUT=benchmarks/results/flickr8k
 mkdir -p "$OUT" "$RUNS/export"
 calib=(--target cpu --calib-data "$DATA" --calib-split train --calib-count 256 --eval-data "$DATA" --eval-split dev)
 
+if [ "${BENCH_ONLY:-0}" != 1 ]; then
 # 1. staging bundle with FP32 (verification vs PyTorch, INT8 R@1 drop on dev)
 rm -rf "$RUNS/export/student"
 edgeclip export "$BEST" --out "$RUNS/export/student" --precision fp32,fp16,int8 "${calib[@]}"
@@ -41,7 +42,10 @@ if [ ! "$RUNS/export/teacher/manifest.json" -nt "$TEACHER/model.safetensors" ]; 
   rm -rf "$RUNS/export/teacher"
   edgeclip export "$TEACHER" --out "$RUNS/export/teacher" --precision fp32,int8 "${calib[@]}" --allow-degraded
 fi
-# 5. latency, teacher first (ratio column), same run, interleaved
+fi
+# 5. latency, teacher first (ratio column), same run, interleaved; needs a quiet machine
+#    (BENCH=0 skips it, e.g. while something else is training; BENCH_ONLY=1 runs only this step)
+[ "${BENCH:-1}" = 1 ] || { du -sh edgeclip/models/default; exit 0; }
 peers=()  # from `python benchmarks/peers.py --out cache/peers` (random weights; latency only)
 for p in cache/peers/vit-b-32 cache/peers/mobileclip-s0; do [ -d "$p" ] && peers+=("$p"); done
 edgeclip-bench "$RUNS/export/teacher" "$RUNS/export/student" "${peers[@]}" --precision fp32,int8 --batch-sizes 1,8,32 \
