@@ -118,8 +118,9 @@ def latency_table(bench: dict) -> dict:
         t, s = p50.get(models[0]), p50.get(models[1])  # the run lists teacher, then student
         rows.append({"tower": tower, "precision": prec, "batch": batch, "p50": p50,
                      "speedup": (t / s) if t and s else float("nan")})
+    cvs = [r["cv"] for r in bench["rows"] if r.get("cv") is not None]
     return {"command": bench.get("command"), "date": bench.get("date"), "models": models,
-            "rows": rows}
+            "rows": rows, "cells": len(cvs), "cells_cv_over_10pct": sum(c > 0.10 for c in cvs)}
 
 
 def main(argv=None):
@@ -151,6 +152,9 @@ def main(argv=None):
                if (RESULTS / "flickr8k" / f"shipped-{p}.test.json").is_file()}
     if shipped:
         extra["shipped"] = shipped
+    b1 = RESULTS / "teacher_student_b1.json"
+    if b1.is_file():
+        extra["latency_b1_one_thread"] = latency_table(json.loads(b1.read_text()))
     pil = pilots(runs)
     if pil:
         extra["pilots"] = pil
@@ -257,7 +261,17 @@ def main(argv=None):
             lines.append(f"| {r['tower']} | {r['precision']} | {r['batch']} | "
                          + " | ".join(f"{r['p50'].get(m, float('nan')):.1f}" for m in lt["models"])
                          + f" | {r['speedup']:.2f}x |")
+        if lt.get("cells_cv_over_10pct"):
+            lines += ["", f"edgeclip-bench flagged a coefficient of variation above 10% in "
+                      f"{lt['cells_cv_over_10pct']} of {lt['cells']} cells of this run (a busy "
+                      "2-core machine): compare ratios within the run, not absolute times."]
         lines.append("")
+    if "latency_b1_one_thread" in extra:
+        t = extra["latency_b1_one_thread"]
+        lines += ["The same check at batch 1 with one thread and 10 s per cell (lower variation): "
+                  + "; ".join(f"{r['tower']} {r['precision']} teacher / student "
+                              f"{r['speedup']:.2f}x" for r in t["rows"])
+                  + f" (`{t['command']}`, `benchmarks/results/teacher_student_b1.json`).", ""]
     if "shipped" in extra:
         sh = extra["shipped"]
         lines += ["## The shipped default: exported bundle through `Embedder`, test split", "",
