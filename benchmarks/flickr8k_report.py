@@ -28,6 +28,8 @@ ROWS = [
     ("student-clip", "student, `clip` (no teacher)"),
     ("student-fd", "student, `fd` (intra-modal teacher-student feature distance)"),
     ("student-cona", "student, `cona` (fully connected)"),
+    ("student-fd-seed1", "student, `fd`, second seed (data order and heads)"),
+    ("student-cona-seed1", "student, `cona`, second seed (data order and heads)"),
     ("cona-no-intra_ts", "`cona` without intra-modal teacher-student (TI-SI, TT-ST)"),
     ("cona-no-inter_ts", "`cona` without inter-modal teacher-student (TI-ST, TT-SI)"),
     ("cona-no-inter_ss", "`cona` without inter-modal student-student (SI-ST)"),
@@ -43,6 +45,10 @@ COMMANDS = {
     "student-fd": "edgeclip distill --config configs/student_cona.toml --set 'loss.preset=\"fd\"' "
                   "--set 'run.out=\"runs/student-fd\"'",
 }
+for _p in ("fd", "cona"):
+    COMMANDS[f"student-{_p}-seed1"] = (f"edgeclip distill --config configs/student_cona.toml "
+                                       f"--set 'loss.preset=\"{_p}\"' --set run.seed=1 "
+                                       f"--set 'run.out=\"runs/student-{_p}-seed1\"'")
 for fam in ("intra_ts", "inter_ts", "inter_ss", "intra_ss"):
     COMMANDS[f"cona-no-{fam}"] = (f"edgeclip distill --config configs/student_cona.toml "
                                   f"--set 'loss.drop=[\"{fam}\"]' --set 'run.out=\"runs/cona-no-{fam}\"'")
@@ -204,6 +210,13 @@ def main(argv=None):
             if k in by:
                 findings.append(f"`cona` vs `{k.split('-')[1]}`: {cona - by[k]['test']['mean_recall']:+.1f} "
                                 "mean recall (test).")
+        pairs = [(by.get(f"student-cona{sfx}"), by.get(f"student-fd{sfx}")) for sfx in ("", "-seed1")]
+        if all(c and f for c, f in pairs):
+            d = [c["test"]["mean_recall"] - f["test"]["mean_recall"] for c, f in pairs]
+            findings.append("`cona` vs `fd` per seed: " + ", ".join(f"{x:+.1f}" for x in d)
+                            + " mean recall (test); the seed-to-seed spread of one preset is "
+                            + ", ".join(f"{abs(by[f'student-{p}']['test']['mean_recall'] - by[f'student-{p}-seed1']['test']['mean_recall']):.1f} ({p})"
+                                        for p in ("cona", "fd")) + ".")
         for k, r in by.items():
             if k.startswith("cona-no-"):
                 findings.append(f"removing {k.removeprefix('cona-no-')} from `cona`: "
@@ -219,9 +232,12 @@ def main(argv=None):
             if r["dev_best"] and not k.startswith("teacher")}
     if devs:
         best = max(devs, key=devs.get)
-        findings.append(f"best student on dev: `{best}` ({devs[best]:.1f} dev mean recall; "
-                        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(devs.items()))
-                        + "): it is the shipped default.")
+        ship_file = RESULTS / "flickr8k" / "shipped.json"
+        shipped_run = json.loads(ship_file.read_text())["run"] if ship_file.is_file() else None
+        findings.append(f"best student on dev: `{best}` ({devs[best]:.2f} dev mean recall; "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(devs.items())) + ")"
+                        + (f"; the shipped default is `{shipped_run}` (the dev-best when "
+                           "benchmarks/ship_default.sh ran)." if shipped_run else "."))
     if findings:
         lines += ["", f"Findings at {budget(runs)}:", ""]
         lines += [f"- {f}" for f in findings]

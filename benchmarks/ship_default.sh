@@ -25,6 +25,7 @@ mkdir -p "$OUT" "$RUNS/export"
 calib=(--target cpu --calib-data "$DATA" --calib-split train --calib-count 256 --eval-data "$DATA" --eval-split dev)
 
 if [ "${BENCH_ONLY:-0}" != 1 ]; then
+printf '{"run": "%s", "checkpoint": "%s"}\n' "$(basename "$(dirname "$BEST")")" "$BEST" > "$OUT/shipped.json"
 # 1. staging bundle with FP32 (verification vs PyTorch, INT8 R@1 drop on dev)
 rm -rf "$RUNS/export/student"
 edgeclip export "$BEST" --out "$RUNS/export/student" --precision fp32,fp16,int8 "${calib[@]}"
