@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclip import Embedder
-from edgeclip.index_search import AnnIndex, exact_search
+from edgeclip.index.search import AnnIndex, exact_search
 from edgeclip.profiling.machine import machine_info
 
 

@@ -2,13 +2,16 @@
 
     edgeclip-bench MODEL [MODEL ...] [--tower image|text|both] [--backend NAME]
         [--precision fp32,int8] [--batch-sizes 1,8,32] [--warmup N] [--iters N | --duration S]
-        [--threads N] [--e2e FOLDER] [--json FILE] [--csv FILE] [--plot FILE.png]
+        [--threads N] [--e2e FOLDER] [--photo-size WxH] [--json FILE] [--csv FILE]
+        [--plot FILE.png]
 
 Each MODEL (bundle, .onnx, .plan) gives one target per (tower, precision); within each batch size
 all targets of a tower are timed in interleaved rounds. Cold start (load + first inference) and
 peak host memory are measured per (target, batch) in a fresh process (``--no-isolate``: cold start
 in this process, no memory figure). Preprocessing (real JPEGs) and tokenization are timed apart;
-``--e2e FOLDER`` also times ``Embedder.embed_images`` / ``embed_texts`` from files and strings.
+``--e2e FOLDER`` also times ``Embedder.embed_images`` / ``embed_texts`` from files and strings;
+``--photo-size 4032x3024`` adds the same images as phone-sized JPEGs (upscaled, some with EXIF
+orientation), timed in the same rounds (``e2e_photo_over_e2e``: their throughput ratio).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import click
 
 from .errors import ConfigError
+from .paths import expand_path
 
 PRECISION_NAMES = ("fp32", "fp16", "int8", "unknown")
 _ARGV: list[str] = []  # the command line, for the report
@@ -64,11 +68,6 @@ def parse_precisions(text: str | None) -> list[str] | None:
     return out
 
 
-def _log(quiet: bool, msg: str) -> None:
-    if not quiet:
-        click.echo(msg, err=True)
-
-
 @click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]},
                help="\b\n" + __doc__.split("\n\n", 1)[1] if __doc__ else None)
 @click.argument("models", nargs=-1)
@@ -85,14 +84,18 @@ def _log(quiet: bool, msg: str) -> None:
 @click.option("--threads", default=None, help="ONNX Runtime intra-op threads (default: all).")
 @click.option("--e2e", "e2e_folder", default=None,
               help="Folder of JPEGs: also time Embedder.embed_images / embed_texts end to end.")
+@click.option("--photo-size", "photo_size", default=None,
+              help="WxH, e.g. 4032x3024: also time embed_images end to end on JPEGs of this size "
+                   "(real images upscaled, some with EXIF orientation), in the same rounds as the "
+                   "images as they are.")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Cold start and peak memory in a fresh process per (model, batch).")
 @click.option("--json", "json_path", default=None, help="Write the full report as JSON.")
 @click.option("--csv", "csv_path", default=None, help="Write the rows as CSV.")
 @click.option("--plot", "plot_path", default=None, help="Write latency vs batch size as PNG.")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(models, tower, backend, precision, batch_sizes, warmup, iters, duration, threads,
-          e2e_folder, isolate, json_path, csv_path, plot_path, quiet):
+          e2e_folder, photo_size, isolate, json_path, csv_path, plot_path, quiet):
     if not models:
         raise ConfigError("give at least one MODEL (a bundle directory, .onnx or .plan).")
     if tower not in ("image", "text", "both"):
@@ -105,7 +108,7 @@ def bench(models, tower, backend, precision, batch_sizes, warmup, iters, duratio
         "batch_sizes": parse_batch_sizes(batch_sizes), "warmup": _int(warmup, "--warmup", 0),
         "iters": None if iters is None else _int(iters, "--iters", 1),
         "duration_s": None, "threads": None if threads is None else _int(threads, "--threads", 1),
-        "isolate": isolate, "e2e_folder": e2e_folder,
+        "isolate": isolate, "e2e_folder": e2e_folder, "photo_size": None,
     }
     if iters is None:
         try:
@@ -114,15 +117,18 @@ def bench(models, tower, backend, precision, batch_sizes, warmup, iters, duratio
             raise ConfigError(f"--duration must be seconds > 0, got {duration!r}.") from None
         if not settings["duration_s"] > 0:
             raise ConfigError(f"--duration must be seconds > 0, got {duration!r}.")
+    if photo_size is not None:
+        from .profiling.photos import parse_photo_size
+        settings["photo_size"] = list(parse_photo_size(photo_size))
     folder = None
     if e2e_folder is not None:
-        folder = Path(e2e_folder).expanduser()
+        folder = expand_path(e2e_folder)
         if not folder.is_dir():
             raise ConfigError(f"--e2e {e2e_folder}: not a folder. Pass a folder of JPEG files.")
         from .profiling.inputs import list_images
         if not list_images(folder, limit=1):
             raise ConfigError(f"--e2e {e2e_folder}: no image files (.jpg/.png/...) in it.")
-    plot = None if plot_path is None else Path(plot_path)
+    plot = None if plot_path is None else expand_path(plot_path)
     if plot is not None:  # fail before the run, not after it
         try:
             import matplotlib  # noqa: F401
@@ -130,20 +136,37 @@ def bench(models, tower, backend, precision, batch_sizes, warmup, iters, duratio
             from .errors import BackendUnavailableError
             raise BackendUnavailableError("--plot needs matplotlib: pip install 'edgeclip[plot]'") \
                 from None
+    refuse_sources(models)
     report = run_benchmark(list(models), settings, folder, quiet=quiet)
     from .profiling.report import format_table, write_csv, write_json, write_plot
     click.echo(format_table(report["rows"]))
     for w in report["warnings"]:
         click.echo(f"warning: {w}", err=True)
     if json_path:
-        write_json(report, Path(json_path))
+        write_json(report, expand_path(json_path))
     if csv_path:
-        write_csv(report["rows"], Path(csv_path))
+        write_csv(report["rows"], expand_path(csv_path))
     if plot is not None:
         m = report["machine"]
         used = ", ".join(sorted({r["backend"] for r in report["rows"]}))
         write_plot(report["rows"], plot, title=f"{m['cpu_model']}, {m['cores_usable']} cores, "
                    f"{used}, {report['date'][:10]}")
+
+
+def refuse_sources(models) -> None:
+    """A MODEL that is a model source but not a bundle (a checkpoint, a Hugging Face directory,
+    ``open_clip:ARCH``): a ConfigError with the ``edgeclip export`` command that makes one."""
+    from .model_source import OPEN_CLIP_PREFIX, export_command, parse_source
+    from .paths import expand_path
+    for arg in models:
+        p = expand_path(arg)
+        if not (str(arg).startswith(OPEN_CLIP_PREFIX) or (p.is_dir()
+                                                          and not (p / "manifest.json").is_file())):
+            continue
+        src = parse_source(arg)  # a folder that is no model at all: its own error
+        raise ConfigError(f"{arg}: {src.describe()}, not a bundle; edgeclip-bench times exported "
+                          f"bundles. Export it first (on a machine with edgeclip[train,export]): "
+                          f"`{export_command(src)}`, then pass BUNDLE_DIR.")
 
 
 def run_benchmark(models: list[str], settings: dict, folder: Path | None = None,
@@ -161,9 +184,17 @@ def run_benchmark(models: list[str], settings: dict, folder: Path | None = None,
     machine = machine_info()  # before the run: its load average is the machine's own
     targets = resolve_targets(models, settings["towers"], settings["backend"],
                               settings["precisions"], settings["threads"])
+    bar = _progress(targets, sizes, quiet)
     warnings: list[str] = []
     items, image_source = image_items(max(sizes), folder)
     strings, text_source = texts(max(sizes), folder)
+    photos: list = []
+    if settings.get("photo_size") and "image" in settings["towers"]:
+        import tempfile
+        from .profiling.photos import write_photos
+        photo_dir = tempfile.TemporaryDirectory(prefix="edgeclip-photos-")
+        photos = write_photos(items, max(sizes), tuple(settings["photo_size"]),
+                              Path(photo_dir.name))
     rows: list[dict] = []
     prep_cache: dict[tuple, float | None] = {}
     for tower in ("image", "text"):
@@ -185,7 +216,7 @@ def run_benchmark(models: list[str], settings: dict, folder: Path | None = None,
                     continue
                 cold = {}
                 for t in cell_targets:
-                    _log(quiet, f"[bench] cold start {t.label} {tower} {t.precision} batch {b}")
+                    bar.set_postfix_str(f"cold start {t.label} {tower} {t.precision} b={b}")
                     if settings["isolate"]:
                         cold[t.key] = probe_in_subprocess(t.spec(), b)
                         cold[t.key]["memory_method"] = "fresh process, RSS high-water (VmHWM)"
@@ -200,7 +231,7 @@ def run_benchmark(models: list[str], settings: dict, folder: Path | None = None,
                     feeds = real_feeds(t, b, items, strings)
                     runner = runners[t.key]
                     cells.append(Cell(key=t.key, run=lambda r=runner, f=feeds: r.run(f)))
-                _log(quiet, f"[bench] timing {tower} batch {b}: {len(cells)} interleaved cells")
+                bar.set_postfix_str(f"timing {tower} b={b}: {len(cells)} interleaved")
                 measure_interleaved(cells, warmup=settings["warmup"], iters=settings["iters"],
                                     duration=settings["duration_s"])
                 for t, cell in zip(cell_targets, cells):
@@ -216,12 +247,15 @@ def run_benchmark(models: list[str], settings: dict, folder: Path | None = None,
                                             else time_tokenize(t, strings, b))
                     row["preprocess_ms" if tower == "image" else "tokenize_ms"] = prep_cache[pkey]
                     row["input_source"] = image_source if tower == "image" else text_source
-                    if folder is not None:
-                        row.update(_e2e(t, b, items, strings, settings, warnings, quiet))
+                    if folder is not None or photos:
+                        bar.set_postfix_str(f"e2e {t.label} {tower} {t.precision} b={b}")
+                        row.update(_e2e(t, b, items, strings, settings, warnings, photos))
                     rows.append(row)
+                    bar.update(1)
         finally:
             for r in runners.values():
                 r.close()
+    bar.close()
     add_ratios(rows)
     warnings = list(dict.fromkeys(warnings + cv_warnings(rows)))
     seen, model_list = set(), []
@@ -238,15 +272,23 @@ def run_benchmark(models: list[str], settings: dict, folder: Path | None = None,
             "warnings": warnings}
 
 
+def _progress(targets, sizes: list[int], quiet: bool):
+    """One tqdm bar over every (target, batch) cell: count, rate and ETA on stderr."""
+    from tqdm import tqdm
+    total = sum(1 for t in targets for b in sizes if t.supports_batch(b) is None)
+    return tqdm(total=total, desc="edgeclip-bench", unit="cell", disable=quiet,
+                dynamic_ncols=True, file=sys.stderr)
+
+
 def _e2e(t, b: int, items: list, strings: list[str], settings: dict, warnings: list[str],
-         quiet: bool) -> dict:
-    """Time Embedder.embed_images / embed_texts on ``b`` files / strings (bundles only)."""
+         photos: list | None = None) -> dict:
+    """Time Embedder.embed_images / embed_texts on ``b`` files / strings (bundles only); with
+    ``photos`` (``--photo-size``) also embed_images on ``b`` of them, in the same rounds."""
     if t.kind != "bundle":
         warnings.append(f"{t.label}: --e2e needs a bundle (preprocessing and tokenizer come "
                         f"from its manifest); a bare .onnx has none.")
         return {}
     from .embedder import Embedder
-    _log(quiet, f"[bench] e2e {t.label} {t.tower} {t.precision} batch {b}")
     emb = Embedder(t.model_file, backend=t.backend, precision=t.precision,
                    threads=settings["threads"], towers=[t.tower])
     if t.tower == "image":
@@ -255,17 +297,30 @@ def _e2e(t, b: int, items: list, strings: list[str], settings: dict, warnings: l
     else:
         batch = strings[:b]
         call = lambda: emb.embed_texts(batch, batch_size=b)  # noqa: E731
-    call()  # warm-up
+    calls = {"e2e": call}
+    if t.tower == "image" and photos:
+        big = [str(p) for p in photos[:b]]
+        calls["e2e_photo"] = lambda: emb.embed_images(big, batch_size=b)
+    for c in calls.values():
+        c()  # warm-up
     budget = settings["duration_s"] or 1.0
-    times, start = [], time.perf_counter()
-    while len(times) < (settings["iters"] or 3) or (settings["iters"] is None
-                                                     and time.perf_counter() - start < budget):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    start = time.perf_counter()
+    while len(times["e2e"]) < (settings["iters"] or 3) or (
+            settings["iters"] is None and time.perf_counter() - start < budget):
+        for k, c in calls.items():  # interleaved rounds: both see the same machine load
+            t0 = time.perf_counter()
+            c()
+            times[k].append(time.perf_counter() - t0)
     emb.close()
-    mean = sum(times) / len(times)
-    return {"e2e_ms": mean * 1e3, "e2e_items_per_s": b / mean}
+    res = {}
+    for k, ts in times.items():
+        mean = sum(ts) / len(ts)
+        res[f"{k}_ms"], res[f"{k}_items_per_s"] = mean * 1e3, b / mean
+    if "e2e_photo" in times:
+        res["photo_size"] = "x".join(str(v) for v in settings["photo_size"])
+        res["e2e_photo_over_e2e"] = res["e2e_photo_items_per_s"] / res["e2e_items_per_s"]
+    return res
 
 
 def main(args=None) -> None:

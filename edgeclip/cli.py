@@ -19,12 +19,15 @@ from .errors import EdgeClipError
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("edgeclip.cli_runtime:info", "Show a bundle's manifest: towers, precisions, files."),
     "embed": ("edgeclip.cli_runtime:embed", "Embed images or texts with a bundle."),
-    "index": ("edgeclip.index_cli:index", "Index a folder of images (incremental)."),
-    "search": ("edgeclip.index_cli:search", "Search an image index by text or by image."),
+    "classify": ("edgeclip.cli_classify:classify", "Zero-shot classification of images by labels."),
+    "index": ("edgeclip.index.cli:index", "Index a folder of images (incremental)."),
+    "search": ("edgeclip.index.cli:search", "Search an image index by text or by image."),
+    "duplicates": ("edgeclip.index.duplicates_cli:duplicates", "List groups of near-duplicate photos in an index."),
     "distill": ("edgeclip.distill.cli:distill", "Train a teacher or distill a student (needs [train])."),
-    "eval": ("edgeclip.distill.cli:eval_cmd", "Retrieval R@K of a checkpoint or bundle on a dataset."),
-    "export": ("edgeclip.export.cli:export", "Export a student checkpoint to an ONNX bundle (needs [export])."),
+    "eval": ("edgeclip.distill.cli:eval_cmd", "Retrieval R@K of a model or bundle on a dataset."),
+    "export": ("edgeclip.export.cli:export", "Export a checkpoint, Hugging Face CLIP/SigLIP or open_clip model to an ONNX bundle (needs [export])."),
     "build-engine": ("edgeclip.export.tensorrt_build:build_engine", "Build TensorRT engines for a bundle on this device."),
+    "doctor": ("edgeclip.doctor:doctor", "Show TensorRT/CUDA/GPU/ONNX Runtime here and what backend auto picks."),
 }
 
 
@@ -64,8 +67,9 @@ class LazyGroup(click.Group):
 # top-level module -> the pip extra that installs it
 EXTRAS = {"torch": "train", "transformers": "train", "safetensors": "train",
           "efficientnet_lite_pytorch": "train", "onnx": "export", "onnxslim": "export",
-          "onnxconverter_common": "export", "tensorrt": "tensorrt", "cuda": "tensorrt",
-          "usearch": "index", "matplotlib": "plot", "skimage": "demo"}
+          "onnxconverter_common": "export", "tensorrt": "tensorrt-cu12", "cuda": "tensorrt-cu12",
+          "usearch": "index", "matplotlib": "plot", "skimage": "demo",
+          "webdataset": "train"}
 
 
 def extra_for(e: ModuleNotFoundError) -> str | None:

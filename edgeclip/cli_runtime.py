@@ -10,6 +10,21 @@ import click
 from .manifest import load_bundle, resolve_bundle_path
 
 
+def check_text_args(values, what: str) -> None:
+    """InputError naming the command-line argument that is not valid text (undecodable bytes in
+    ``sys.argv`` reach Python as unpaired surrogates, which no tokenizer takes)."""
+    from .errors import InputError
+    from .tokenize import invalid_text_reason
+    values = list(values)
+    for i, v in enumerate(values):
+        reason = invalid_text_reason(v) if isinstance(v, str) else None
+        if reason is not None:
+            n = f" {i + 1}" if len(values) > 1 else ""
+            raise InputError(f"{what} argument{n} {ascii(v)[:80]} is {reason} (check the "
+                             f"terminal's or the shell script's encoding).", index=i,
+                             item=ascii(v)[:80], reason=reason)
+
+
 def _model_arg(model):
     from .embedder import _resolve_path
     return _resolve_path(model)
@@ -18,12 +33,16 @@ def _model_arg(model):
 @click.command("info")
 @click.argument("bundle", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of every file.")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the sha256 check of every file and the graph-vs-manifest check.")
 def info(bundle, as_json, no_verify):
     """Show a bundle's manifest: towers, precisions, files (default: the built-in model)."""
     path = _model_arg(bundle)
     bundle_dir, _ = resolve_bundle_path(path)
     manifest, bundle_dir = load_bundle(bundle_dir, check_hashes=not no_verify)
+    if not no_verify:
+        from .backends.checks import check_bundle_graphs
+        check_bundle_graphs(manifest, bundle_dir)  # each ONNX graph's I/O and metadata
     if as_json:
         click.echo(json.dumps(manifest.to_dict(), indent=2))
         return
@@ -44,7 +63,8 @@ def info(bundle, as_json, no_verify):
             size = (bundle_dir / m.path).stat().st_size / 1e6
             click.echo(f"{'':<10} {m.precision:<5} {m.format:<9} target={m.target:<9} "
                        f"{size:7.2f} MB  {m.path}")
-    click.echo("files      all present" + ("" if no_verify else ", sha256 verified"))
+    click.echo("files      all present" + ("" if no_verify else ", sha256 verified; ONNX graphs "
+                                                     "match the manifest"))
 
 
 @click.command("embed")
@@ -61,14 +81,15 @@ def embed(model, images, texts, backend, precision, as_json):
 
     if not images and not texts:
         raise EdgeClipError("nothing to embed: pass --image FILE or --text TEXT (repeatable).")
+    check_text_args(texts, "--text")  # before loading the model
     towers = tuple(t for t, have in (("image", images), ("text", texts)) if have)
     emb = Embedder(model, backend=backend, precision=precision, towers=towers)
     rows = []
     if images:
-        vecs = emb.embed_images(list(images))
+        vecs = emb.embed_images(list(images), progress=len(images) > 32)
         rows += [{"image": p, "embedding": v} for p, v in zip(images, vecs)]
     if texts:
-        vecs = emb.embed_texts(list(texts))
+        vecs = emb.embed_texts(list(texts), progress=len(texts) > 256)
         rows += [{"text": t, "embedding": v} for t, v in zip(texts, vecs)]
     if as_json:
         json.dump({"model": emb.model_name, "dim": emb.dim, "backend": emb.backend,

@@ -21,8 +21,9 @@ from .backends import make_runner
 from .backends.base import Runner
 from .errors import BundleError, EdgeClipError, InputError
 from .manifest import MANIFEST_NAME, Manifest, load_bundle, resolve_bundle_path
+from .paths import expand_path
 from .preprocess import (ImageLoadError, Normalizer, describe_item, load_image, resize_crop)
-from .tokenize import Tokenizer
+from .tokenize import Tokenizer, invalid_text_reason
 
 ON_ERROR = ("raise", "skip")
 
@@ -45,14 +46,22 @@ def _resolve_path(path) -> Path:
     if path is None:
         env = os.environ.get("EDGECLIP_MODEL")
         if env:
-            return Path(env)
+            return expand_path(env)
         p = default_model_path()
         if not (p / MANIFEST_NAME).is_file():
             raise BundleError("this edgeclip installation has no built-in default model "
                               f"({p / MANIFEST_NAME} is missing). Pass a bundle path, e.g. "
                               "Embedder('my_bundle/'), or set EDGECLIP_MODEL.")
         return p
-    return Path(path)
+    return expand_path(path)
+
+
+def _progress_bar(progress: bool, total: int, desc: str, unit: str):
+    """A tqdm bar on stderr when ``progress`` is true (None otherwise)."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -75,13 +84,17 @@ class Embedder:
         threads: intra-op threads of the backend (default: all cores).
         towers: which towers to load (``("image",)``, ``("text",)``); default: all in the bundle.
         workers: image decoding threads (default: ``min(4, cpu_count)``).
-        check_hashes: verify every file's sha256 at load (default True).
+        check_hashes: verify every file's sha256 at load (default True; cached by file identity
+            and mtime, see :mod:`edgeclip.cache`).
+        lazy: create a tower's session (and the tokenizer) on its first use when this graph and
+            manifest passed the load checks before (default True): an image-only app never
+            loads the text graph. A bundle not seen before is checked at once.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, backend: str = "auto",
                  precision: str | None = None, threads: int | None = None,
                  towers: Sequence[str] | None = None, workers: int | None = None,
-                 check_hashes: bool = True):
+                 check_hashes: bool = True, lazy: bool = True):
         resolved = _resolve_path(path)
         bundle_dir, model_file = resolve_bundle_path(resolved)
         manifest, bundle_dir = load_bundle(bundle_dir, check_hashes=check_hashes)
@@ -96,12 +109,11 @@ class Embedder:
         for t in towers:
             self._runners[t] = make_runner(manifest, bundle_dir, t, backend=backend,
                                            precision=precision, model_path=model_file,
-                                           threads=threads)
+                                           threads=threads, lazy=lazy)
         self._tokenizer: Tokenizer | None = None
-        if "text" in self._runners:
-            tok = manifest.towers["text"].tokenizer
-            self._tokenizer = Tokenizer(bundle_dir / tok.file, tok.context_length)
         self._tok_lock = threading.Lock()
+        if "text" in self._runners and not getattr(self._runners["text"], "deferred", False):
+            self._get_tokenizer()  # a bundle not checked before: a bad tokenizer fails here
         if "image" in self._runners:
             self._pre = manifest.towers["image"].preprocess
             self._norm = Normalizer(self._pre)
@@ -173,6 +185,13 @@ class Embedder:
                               f"towers=None or a bundle that has the {tower} tower.")
         return self._runners[tower]
 
+    def _get_tokenizer(self) -> Tokenizer:
+        """The text tower's tokenizer, loaded on first use (call with or without _tok_lock)."""
+        if self._tokenizer is None:
+            tok = self.manifest.towers["text"].tokenizer
+            self._tokenizer = Tokenizer(self.bundle_dir / tok.file, tok.context_length)
+        return self._tokenizer
+
     def _get_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
@@ -185,7 +204,7 @@ class Embedder:
                 and item.dtype == np.uint8):
             self._norm(item, out=out)  # already the model's size: no PIL round trip
             return
-        img = load_image(item)
+        img = load_image(item, self._pre)  # big JPEGs decoded at a reduced scale
         img = resize_crop(img, self._pre)
         self._norm(np.asarray(img, dtype=np.uint8), out=out)
 
@@ -218,8 +237,11 @@ class Embedder:
         return np.concatenate(parts, axis=0)
 
     # -- images ------------------------------------------------------------------------------
-    def embed_images(self, items: Iterable[Any], batch_size: int = 32, on_error: str = "raise"):
+    def embed_images(self, items: Iterable[Any], batch_size: int = 32, on_error: str = "raise",
+                     progress: bool = False):
         """Embed images (paths, bytes, PIL images or HxWx3 uint8 RGB arrays).
+
+        ``progress=True`` shows a tqdm bar (count, rate, ETA) on stderr.
 
         Returns float32 ``(N, dim)``, L2-normalised. With ``on_error="skip"`` returns
         ``(embeddings, skipped)``: the rows of the good items in input order and a list of
@@ -229,6 +251,11 @@ class Embedder:
         self._check_on_error(on_error)
         batch_size = self._check_batch(batch_size)
         runner = self._runner("image")
+        if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike)):
+            desc = ascii(describe_item(items))[:120]
+            raise InputError(f"embed_images takes a list of images, not one "
+                             f"{type(items).__name__} ({desc}): use embed_images([image]) or "
+                             f"embed_image(image).", item=describe_item(items), reason="not a list")
         items = list(items)
         n = len(items)
         th, tw = self._pre.size
@@ -252,6 +279,7 @@ class Embedder:
 
         depth = 2  # batches decoded ahead of the one running
         next_i = 0
+        bar = _progress_bar(progress, n, "images", "img")
         while next_i < len(starts) and len(pending) < depth:
             submit(starts[next_i])
             next_i += 1
@@ -271,13 +299,19 @@ class Embedder:
                                              index=start + j, item=item_desc, reason=r)
                         skipped.append(Skipped(start + j, item_desc, r))
                 if not ok:
+                    if bar is not None:
+                        bar.update(stop - start)
                     continue
                 batch = buf if len(ok) == len(reasons) else buf[ok]
                 emb = self._run_split(runner, {in_name: batch})
                 idx = np.asarray(ok) + start
                 out[idx] = emb
                 good[idx] = True
+                if bar is not None:
+                    bar.update(stop - start)
         finally:
+            if bar is not None:
+                bar.close()
             for _, _, _, futs in pending:
                 for f in futs:
                     f.cancel()
@@ -289,10 +323,11 @@ class Embedder:
         return self.embed_images([item])[0]
 
     # -- texts -------------------------------------------------------------------------------
-    def embed_texts(self, texts: Iterable[Any], batch_size: int = 64, on_error: str = "raise"):
+    def embed_texts(self, texts: Iterable[Any], batch_size: int = 64, on_error: str = "raise",
+                    progress: bool = False):
         """Embed strings. Returns float32 ``(N, dim)``, L2-normalised (or ``(emb, skipped)``
         with ``on_error="skip"``). Non-strings and empty strings are bad items; long strings are
-        truncated to the context length."""
+        truncated to the context length. ``progress=True`` shows a tqdm bar on stderr."""
         self._check_on_error(on_error)
         batch_size = self._check_batch(batch_size)
         runner = self._runner("text")
@@ -308,6 +343,8 @@ class Embedder:
                 reason = f"not a string ({type(t).__name__})"
             elif not t.strip():
                 reason = "empty text"
+            else:
+                reason = invalid_text_reason(t)  # unpaired surrogates (undecodable bytes)
             if reason is None:
                 good_idx.append(i)
             elif on_error == "raise":
@@ -317,10 +354,11 @@ class Embedder:
         out = np.empty((len(good_idx), self.dim), dtype=np.float32)
         tower = self.manifest.towers["text"]
         names = [s.name for s in tower.inputs]
+        bar = _progress_bar(progress, len(good_idx), "texts", "text")
         for s in range(0, len(good_idx), batch_size):
             chunk = [texts[i] for i in good_idx[s:s + batch_size]]
             with self._tok_lock:
-                ids, mask = self._tokenizer(chunk)
+                ids, mask = self._get_tokenizer()(chunk)
             feeds = {}
             for name in names:
                 if "mask" in name:
@@ -328,6 +366,10 @@ class Embedder:
                 else:
                     feeds[name] = ids
             out[s:s + len(chunk)] = self._run_split(runner, feeds)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
         result = _l2n(out)
         return (result, skipped) if on_error == "skip" else result
 
@@ -339,4 +381,30 @@ class Embedder:
         """The ids and attention mask the text tower sees."""
         self._runner("text")
         with self._tok_lock:
-            return self._tokenizer(list(texts))
+            return self._get_tokenizer()(list(texts))
+
+    # -- zero-shot classification --------------------------------------------------------------
+    @property
+    def logit_scale(self) -> float:
+        """The manifest's ``extra.logit_scale`` when recorded, else 100 (CLIP's)."""
+        from .zeroshot import DEFAULT_LOGIT_SCALE, manifest_logit_scale
+        v = manifest_logit_scale(self.manifest)
+        return DEFAULT_LOGIT_SCALE if v is None else v
+
+    def classify(self, images: Iterable[Any], labels: Sequence[str] | str,
+                 templates: Sequence[str] | None = None, batch_size: int = 32,
+                 on_error: str = "raise", progress: bool = False):
+        """Zero-shot classification: float32 ``(N, len(labels))`` probabilities (rows sum to 1),
+        columns in ``labels`` order. Each label's prompts (``templates``, ``"{}"`` = the label;
+        default :data:`edgeclip.zeroshot.DEFAULT_TEMPLATES`) are embedded, normalised, averaged
+        and renormalised as in open_clip; logits are ``logit_scale * cosine``. ``labels`` may be
+        a comma-separated string. With ``on_error="skip"`` returns ``(probs, skipped)``."""
+        from .zeroshot import classifier_weights, parse_labels, probabilities
+        self._check_on_error(on_error)
+        labels = parse_labels(labels)
+        weights = classifier_weights(self.embed_texts, labels, templates)
+        res = self.embed_images(images, batch_size=batch_size, on_error=on_error,
+                                progress=progress)
+        emb, skipped = res if on_error == "skip" else (res, None)
+        probs = probabilities(emb, weights, self.logit_scale).astype(np.float32)
+        return (probs, skipped) if on_error == "skip" else probs

@@ -29,6 +29,10 @@ Layout of ``manifest.json`` (format version 1)::
     }
 
 The batch axis is the string ``"batch"`` in a shape; every other axis is an int.
+
+Every file path in a manifest is relative to the bundle directory and must stay inside it after
+symlinks are resolved (:func:`bundle_file`, checked when a manifest is read, before any file is
+opened or hashed): a manifest cannot make edgeclip read, hash or probe a file elsewhere.
 """
 
 from __future__ import annotations
@@ -142,6 +146,9 @@ class ModelFile:
                    tools=dict(d.get("tools", {})), extra=dict(d.get("extra", {})))
 
 
+CROPS = ("center", "center_floor", "none")
+
+
 @dataclass
 class PreprocessCfg:
     """Image preprocessing, the numpy + Pillow twin of a torchvision transform.
@@ -154,7 +161,8 @@ class PreprocessCfg:
     size: tuple[int, int] = (224, 224)  # (height, width)
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
-    crop: str = "center"  # "center" | "none"
+    crop: str = "center"  # "center" (torchvision's offset rounding) | "center_floor" (Hugging
+    # Face image processors': offset (n - size) // 2) | "none"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     fill: int = 0
@@ -182,8 +190,8 @@ class PreprocessCfg:
             raise BundleError(f"{where}: unknown interpolation '{interp}' "
                               f"(known: {', '.join(INTERPOLATIONS)}).")
         crop = d.get("crop", "center")
-        if crop not in ("center", "none"):
-            raise BundleError(f"{where}: unknown crop '{crop}' (known: center, none).")
+        if crop not in CROPS:
+            raise BundleError(f"{where}: unknown crop '{crop}' (known: {', '.join(CROPS)}).")
         mean = tuple(float(x) for x in _req(d, "mean", where, list))
         std = tuple(float(x) for x in _req(d, "std", where, list))
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
@@ -351,6 +359,54 @@ def resolve_bundle_path(path: str | os.PathLike) -> tuple[Path, Path | None]:
                       f".onnx/.plan/.engine file.")
 
 
+def manifest_entries(manifest: Manifest) -> list[tuple[str, str]]:
+    """Every file path the manifest names, as ``(entry, path)``: the entry is where it is named
+    (``towers.image.models[0].path``, ``towers.text.tokenizer.file``, ``files['x.onnx']``)."""
+    out = []
+    for name, tower in manifest.towers.items():
+        out += [(f"towers.{name}.models[{i}].path", m.path) for i, m in enumerate(tower.models)]
+        if tower.tokenizer is not None:
+            out.append((f"towers.{name}.tokenizer.file", tower.tokenizer.file))
+    out += [(f"files[{rel!r}]", rel) for rel in manifest.files]
+    return out
+
+
+def bundle_file(bundle_dir: str | os.PathLike, rel: str, entry: str = "a file entry") -> Path:
+    """``bundle_dir / rel``, refused (BundleError naming ``entry``) unless it stays inside the
+    bundle directory after resolving symlinks. Nothing about a path outside the bundle is looked
+    at or reported (whether it exists, its checksum): only where the entry points."""
+    root = Path(bundle_dir)
+    where = f"{root / MANIFEST_NAME}: {entry}"
+    fix = ("Bundle files must be inside the bundle directory, named by a relative path; copy the "
+           "file into the bundle and re-export it (`edgeclip export`).")
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise BundleError(f"{where} is not a file name ({rel!r}). {fix}")
+    pure = Path(rel)
+    if pure.is_absolute() or rel.startswith("~"):
+        raise BundleError(f"{where} = {rel!r} is an absolute path, outside the bundle. {fix}")
+    if ".." in pure.parts:
+        raise BundleError(f"{where} = {rel!r} uses '..' to leave the bundle directory. {fix}")
+    try:
+        base = root.resolve()
+        target = (root / pure).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise BundleError(f"{where} = {rel!r} cannot be resolved (a symlink loop?). "
+                          f"{fix}") from None
+    if target == base:
+        raise BundleError(f"{where} = {rel!r} names the bundle directory itself, not a file. {fix}")
+    if not target.is_relative_to(base):
+        raise BundleError(f"{where} = {rel!r} is a symlink (or under one) that points outside the "
+                          f"bundle directory. {fix}")
+    return root / pure
+
+
+def check_confined(manifest: Manifest, bundle_dir: str | os.PathLike) -> None:
+    """BundleError unless every path the manifest names resolves inside ``bundle_dir``. Run it
+    before anything opens, stats or hashes those paths."""
+    for entry, rel in manifest_entries(manifest):
+        bundle_file(bundle_dir, rel, entry)
+
+
 def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     path = Path(bundle_dir) / MANIFEST_NAME
     try:
@@ -362,13 +418,16 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     except json.JSONDecodeError as e:
         raise BundleError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}). The manifest is "
                           f"corrupt; re-export the bundle.") from None
-    return Manifest.from_dict(d, str(path))
+    manifest = Manifest.from_dict(d, str(path))
+    check_confined(manifest, bundle_dir)
+    return manifest
 
 
 def verify_files(manifest: Manifest, bundle_dir: str | os.PathLike, check_hashes: bool = True,
                  only: list[str] | None = None) -> None:
     """Check that every file the manifest names exists (and has its sha256)."""
     root = Path(bundle_dir)
+    check_confined(manifest, root)  # before any path is stat'ed or hashed
     needed: set[str] = set()
     for tower in manifest.towers.values():
         needed.update(m.path for m in tower.models)
@@ -385,7 +444,8 @@ def verify_files(manifest: Manifest, bundle_dir: str | os.PathLike, check_hashes
                               f"or re-export it.")
         if check_hashes:
             want = manifest.files.get(rel)
-            got = sha256_file(fpath)
+            from .cache import file_sha256
+            got = file_sha256(fpath)  # cached by (inode, size, mtime, ctime): see edgeclip.cache
             if got != want:
                 raise BundleError(f"{fpath}: checksum mismatch (sha256 {got[:12]}…, manifest says "
                                   f"{str(want)[:12]}…). The file is corrupt or was changed after "

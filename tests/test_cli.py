@@ -15,7 +15,8 @@ def test_version_and_help():
     assert r.returncode == 0 and __version__ in r.stdout
     r = run("-h")
     assert r.returncode == 0
-    for cmd in ("info", "embed", "index", "search", "distill", "export", "build-engine", "eval"):
+    for cmd in ("info", "embed", "index", "search", "distill", "export", "build-engine", "eval",
+                "classify", "duplicates"):
         assert cmd in r.stdout
 
 

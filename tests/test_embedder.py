@@ -30,8 +30,15 @@ def test_item_types_agree(emb, flickr_images):
     out = emb.embed_images([path, str(path), data, pil, arr])
     assert out.shape == (5, 16) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    for row in out[1:]:
+    # files and bytes are JPEG-draft decoded (224 px for a 32-px model: at 1/2 scale); a PIL
+    # image or an array the caller decoded is used as given (full size)
+    for row in out[1:3]:
         np.testing.assert_allclose(row, out[0], atol=1e-5)
+    np.testing.assert_allclose(out[4], out[3], atol=1e-5)
+    assert float(out[0] @ out[3]) > 0.99
+    from edgeclip.preprocess import load_image
+    drafted = np.asarray(load_image(path, emb.manifest.towers["image"].preprocess))
+    np.testing.assert_allclose(emb.embed_images([drafted])[0], out[0], atol=1e-5)
 
 
 def test_batches_larger_than_max_batch_are_split(emb, flickr_images):

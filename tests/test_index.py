@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw
 
 from edgeclip.errors import ImageIndexError, InputError
 from edgeclip.index import ImageIndex, SearchResult
-from edgeclip.index_scan import hash_file
-from edgeclip.index_search import AnnIndex, duplicate_groups, exact_search
+from edgeclip.index.scan import hash_file
+from edgeclip.index.search import AnnIndex, duplicate_groups, exact_search
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -348,3 +348,107 @@ def test_duplicate_groups_across_blocks():
     for block in (1, 2, 3, 100):
         assert duplicate_groups(m, 0.999, block=block) == [[0, 6, 8], [4, 7]]
     assert duplicate_groups(m, 1.5) == []
+
+
+# -- large indexes and the indexing pipeline (issue 13) -----------------------------------------
+def test_indexing_pipeline_queue_never_exceeds_its_limit(tmp_path, tiny_bundle):
+    """Decoding runs ahead of the model into a bounded queue. A slow consumer (on_commit sleeps)
+    lets the producer fill it: it reaches its limit and never passes it, at most limit + 2
+    batches of pixels exist at once, and the embeddings are those of embed_images."""
+    from edgeclip import Embedder
+    make_gallery(tmp_path / "photos", 20)
+    (tmp_path / "photos" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    emb = Embedder(tiny_bundle, towers=("image",))
+    with ImageIndex(tmp_path / "i.db", embedder=emb) as ix:
+        r = ix.add_folder(tmp_path / "photos", batch_size=2, commit_every=2, queue_batches=2,
+                          progress=False, on_commit=lambda rep: time.sleep(0.03))
+        assert (r.added, r.skipped, r.embedded) == (20, 1, 20)
+        assert r.pipeline["queue_limit"] == 2
+        assert r.pipeline["queue_peak"] == 2  # filled up to the limit, never beyond
+        assert 1 <= r.pipeline["pixel_batches_peak"] <= 2 + 2
+        ids, _, stored = ix._load_all()
+        paths = ix._paths_by_id()
+        order = [paths[int(i)] for i in ids]
+    want = emb.embed_images(order)
+    np.testing.assert_allclose(stored, want, atol=2e-3)  # float16 storage
+    emb.close()
+
+
+def test_streaming_load_gives_the_same_matrix_as_loading_all_rows(tmp_path):
+    """load_matrix streams chunks into one preallocated matrix; the result equals the former
+    load (all rows fetched, blobs joined, converted, normalised)."""
+    from edgeclip.index.store import connect, load_matrix, set_meta, transaction
+    rng = np.random.default_rng(3)
+    dim, n = 24, 1000
+    vecs = rng.standard_normal((n, dim)).astype(np.float32) * rng.uniform(0.5, 2, (n, 1))
+    conn = connect(tmp_path / "s.db")
+    with transaction(conn):
+        set_meta(conn, model_name="m", model_identity="m", dim=dim)
+        conn.executemany("INSERT INTO images(path, folder, size, mtime_ns, hash, embedding, "
+                         "indexed_at, gen) VALUES (?, '/p', 0, ?, ?, ?, 0, 1)",
+                         ((f"/p/{i}.jpg", i * 7, f"h{i}", vecs[i].astype(np.float16).tobytes())
+                          for i in range(n)))
+        conn.execute("DELETE FROM images WHERE id % 7 = 0")  # gaps in the ids
+    rows = conn.execute("SELECT id, mtime_ns, embedding FROM images ORDER BY id").fetchall()
+    old = np.frombuffer(b"".join(r[2] for r in rows), np.float16).reshape(len(rows), dim)
+    old = old.astype(np.float32)
+    old /= np.linalg.norm(old, axis=1, keepdims=True)
+    for chunk in (1, 7, 4096):
+        with transaction(conn, immediate=False):
+            ids, mtimes, m = load_matrix(conn, dim, np.float32, chunk=chunk)
+        assert m.dtype == np.float32 and m.flags.c_contiguous
+        np.testing.assert_array_equal(ids, [r[0] for r in rows])
+        np.testing.assert_array_equal(mtimes, [r[1] for r in rows])
+        np.testing.assert_array_equal(m, old)
+    with transaction(conn, immediate=False):
+        _, _, m16 = load_matrix(conn, dim, np.float16, chunk=100)
+    assert m16.dtype == np.float16
+    np.testing.assert_array_equal(m16, old.astype(np.float16))
+    conn.close()
+
+
+def test_float16_index_round_trips(tmp_path, tiny_bundle):
+    """dtype='float16' keeps the in-memory vectors in half precision (half the memory):
+    same results as float32, scores within float16 rounding, exports equal."""
+    gallery = make_gallery(tmp_path / "photos", 12)
+    db = tmp_path / "i.db"
+    with ImageIndex(db, model=tiny_bundle) as ix:
+        ix.add_folder(tmp_path / "photos", progress=False)
+        full = [ix.search_image(g, k=5) for g in gallery[:4]]
+        ix.export_embeddings(tmp_path / "f32.npz")
+    with ImageIndex(db, model=tiny_bundle, dtype="float16", read_only=True) as ix:
+        half = [ix.search_image(g, k=5) for g in gallery[:4]]
+        assert ix._matrix.dtype == np.float16
+        assert ix._matrix.nbytes * 2 == len(ix) * int(ix.meta["dim"]) * 4
+        ix.export_embeddings(tmp_path / "f16.npz")
+        sub = ix.search("a photo", k=20, folder=tmp_path / "photos" / "trip")
+        assert {x.path for x in sub} == {str(p) for p in gallery if p.parent.name == "trip"}
+    for a, b in zip(full, half):
+        assert a[0].path == b[0].path
+        assert [x.score for x in a] == pytest.approx([x.score for x in b], abs=2e-3)
+    e32, e16 = np.load(tmp_path / "f32.npz"), np.load(tmp_path / "f16.npz")
+    assert list(e32["paths"]) == list(e16["paths"])
+    np.testing.assert_allclose(e32["embeddings"], e16["embeddings"], atol=1e-3)
+    with pytest.raises(InputError, match="float16"):
+        ImageIndex(db, dtype="int8")
+
+
+def test_float16_exact_search_with_and_without_usearch(monkeypatch):
+    """float16 matrices are scored by usearch's exact kernel, or block by block in numpy
+    without usearch: both give float32 exact search's neighbours."""
+    import edgeclip.index.search as S
+    rng = np.random.default_rng(5)
+    m = rng.standard_normal((3000, 32)).astype(np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    q = m[17] + 0.1 * rng.standard_normal(32).astype(np.float32)
+    q /= np.linalg.norm(q)
+    want, want_s = exact_search(m, q, 10)
+    for no_usearch in (False, True):  # (False without usearch installed: the fallback too)
+        if no_usearch:
+            def refuse():
+                raise S.BackendUnavailableError("no usearch")
+            monkeypatch.setattr(S, "load_usearch", refuse)
+        got, got_s = S._exact_f16(m.astype(np.float16), q, 10, block=512)
+        assert len(set(got.tolist()) & set(want.tolist())) >= 9
+        assert got[0] == want[0] == 17
+        np.testing.assert_allclose(got_s[:3], want_s[:3], atol=3e-3)

@@ -18,8 +18,9 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 
-INSTALL_HINT = ("pip install 'edgeclip[tensorrt]' (TensorRT + cuda-python), or pip install "
-                "cuda-python matching your CUDA version; on Jetson use the JetPack packages")
+INSTALL_HINT = ("pip install 'edgeclip[tensorrt-cu12]' or 'edgeclip[tensorrt-cu13]' (TensorRT + "
+                "cuda-python for that CUDA major), or pip install cuda-python matching your CUDA "
+                "driver; on Jetson (JetPack 6, CUDA 12) pip install 'cuda-python<13'")
 IMPLEMENTATIONS = ("cuda-python", "pycuda")
 
 
@@ -40,6 +41,14 @@ class Cuda(abc.ABC):
 
     @abc.abstractmethod
     def compute_capability(self, device: int = 0) -> tuple[int, int]: ...
+
+    def device_props(self, device: int = 0) -> dict:
+        """``multiprocessor_count`` and ``total_memory`` (bytes) where known."""
+        return {}
+
+    def versions(self) -> dict:
+        """``runtime`` and ``driver`` CUDA versions as "major.minor" strings where known."""
+        return {}
 
     @abc.abstractmethod
     def malloc(self, nbytes: int) -> int: ...
@@ -130,6 +139,14 @@ class CudaPython(Cuda):
         p = self._props(device)
         return int(p.major), int(p.minor)
 
+    def device_props(self, device: int = 0) -> dict:
+        p = self._props(device)
+        return {"multiprocessor_count": int(p.multiProcessorCount),
+                "total_memory": int(p.totalGlobalMem)}
+
+    def versions(self) -> dict:
+        return cuda_python_versions(self.rt)
+
     def malloc(self, nbytes: int) -> int:
         return int(self._check("cudaMalloc", self.rt.cudaMalloc(int(nbytes))))
 
@@ -169,6 +186,32 @@ class CudaPython(Cuda):
         self._check("cudaStreamDestroy", self.rt.cudaStreamDestroy(stream))
 
 
+def _version_str(v: int) -> str:
+    """CUDA's integer versions: 12020 -> "12.2"."""
+    v = int(v)
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def cuda_python_versions(rt) -> dict:
+    """CUDA runtime and driver versions through cuda-python (no device needed); a failing call
+    gives its error name instead (e.g. ``cudaErrorInsufficientDriver``)."""
+    out = {}
+    for key, call in (("runtime", "cudaRuntimeGetVersion"), ("driver", "cudaDriverGetVersion")):
+        try:
+            res = getattr(rt, call)()
+            ok = rt.cudaError_t.cudaSuccess
+            err, value = (res[0], res[1]) if isinstance(res, tuple) else (ok, res)
+            if err != rt.cudaError_t.cudaSuccess:
+                out[key] = f"unavailable ({getattr(err, 'name', err)})"
+            elif key == "driver" and int(value) == 0:
+                out[key] = "none (no NVIDIA driver)"
+            else:
+                out[key] = _version_str(value)
+        except Exception as e:  # only for the report
+            out[key] = f"unavailable ({type(e).__name__}: {e})"
+    return out
+
+
 # -- pycuda --------------------------------------------------------------------------------
 class PyCuda(Cuda):
     """pycuda on the device's primary context (the one TensorRT's runtime API uses), pushed
@@ -204,6 +247,18 @@ class PyCuda(Cuda):
     def compute_capability(self, device: int = 0) -> tuple[int, int]:
         major, minor = self.drv.Device(device).compute_capability()
         return int(major), int(minor)
+
+    def device_props(self, device: int = 0) -> dict:
+        d = self.drv.Device(device)
+        return {"multiprocessor_count": int(d.get_attribute(
+            self.drv.device_attribute.MULTIPROCESSOR_COUNT)), "total_memory": int(d.total_memory())}
+
+    def versions(self) -> dict:
+        out = {}
+        v = self.drv.get_version()  # the CUDA version pycuda was built against: (12, 2, 0)
+        out["runtime"] = ".".join(str(x) for x in tuple(v)[:2])
+        out["driver"] = _version_str(self.drv.get_driver_version())
+        return out
 
     def malloc(self, nbytes: int) -> int:
         alloc = self._call(self.drv.mem_alloc, int(nbytes))
@@ -297,4 +352,5 @@ def reset_cache() -> None:
 
 
 __all__ = ["Cuda", "CudaPython", "PyCuda", "CudaError", "get_cuda", "reset_cache",
+           "cuda_python_versions",
            "INSTALL_HINT", "IMPLEMENTATIONS"]

@@ -24,8 +24,10 @@ from ..errors import BackendUnavailableError, BundleError, InputError
 from ..manifest import Manifest, ModelFile, TowerSpec
 from .base import Runner
 
-INSTALL_HINT = ("pip install 'edgeclip[tensorrt]' on a machine with an NVIDIA GPU (on Jetson, "
-                "TensorRT comes with JetPack)")
+INSTALL_HINT = ("pip install 'edgeclip[tensorrt-cu12]' (CUDA 12 driver) or "
+                "'edgeclip[tensorrt-cu13]' (CUDA 13) on a machine with an NVIDIA GPU; on Jetson "
+                "use JetPack's TensorRT (apt python3-libnvinfer) in a venv made with "
+                "--system-site-packages, plus pip install 'cuda-python<13' (JetPack 6)")
 
 _reason_lock = threading.Lock()
 _reason: list = []  # [] = not computed yet, [value] once computed
@@ -37,6 +39,12 @@ def _import_tensorrt():
     except Exception as e:  # ImportError, or a broken install failing to load libnvinfer
         raise BackendUnavailableError(f"tensorrt does not import ({type(e).__name__}: {e}). "
                                       f"Install: {INSTALL_HINT}.") from None
+    if not hasattr(trt, "Builder") or not hasattr(trt, "__version__"):
+        # e.g. the type stubs alone (package tensorrt-stubs installed with --no-deps): a
+        # namespace package without the bindings
+        where = ", ".join(getattr(trt, "__path__", []) or [getattr(trt, "__file__", "?")])
+        raise BackendUnavailableError(f"tensorrt imports from {where} but has no TensorRT "
+                                      f"bindings (type stubs only?). Install: {INSTALL_HINT}.")
     return trt
 
 
@@ -169,15 +177,33 @@ def engine_io(trt, engine) -> list[IOTensor]:
     return out
 
 
-def rebuild_hint(path: Path) -> str:
+class StaleEngineError(BundleError):
+    """The engine was built for another TensorRT version or GPU (or cannot be deserialized here):
+    ``auto`` falls back to the bundle's ONNX graphs, ``backend="tensorrt"`` raises it."""
+
+
+def rebuild_command(path: Path, precision: str | None = None) -> str:
+    return f"edgeclip build-engine {path.parent}" + (f" --precision {precision}"
+                                                     if precision else "")
+
+
+def rebuild_hint(path: Path, precision: str | None = None) -> str:
     return (f"TensorRT engines run only on the GPU model and TensorRT version they were built "
-            f"with: run `edgeclip build-engine {path.parent}` on this device.")
+            f"with: run `{rebuild_command(path, precision)}` on this device.")
+
+
+#: total memory may differ a little between boots/JetPack releases of one board; another board
+#: model differs by far more (Orin Nano 8 GB vs AGX Orin 32/64 GB)
+MEMORY_TOLERANCE = 0.10
 
 
 def check_engine_compat(model: ModelFile, path: Path, tensorrt_version: str, gpu_name: str,
-                        compute_capability: str) -> None:
-    """BundleError when the manifest records another TensorRT version, GPU or compute capability
-    than this machine's. Fields the manifest lacks are not checked."""
+                        compute_capability: str, multiprocessor_count: int | None = None,
+                        total_memory_mib: int | None = None) -> None:
+    """StaleEngineError (a BundleError) when the manifest records another TensorRT version, GPU
+    name, compute capability, multiprocessor count or total memory than this machine's (every
+    Jetson Orin reports the name "Orin": the SM count and memory tell an AGX Orin from an Orin
+    Nano). Fields the manifest or the caller lacks are not checked."""
     rec = model.extra or {}
     problems = []
     want = rec.get("tensorrt_version")
@@ -189,9 +215,18 @@ def check_engine_compat(model: ModelFile, path: Path, tensorrt_version: str, gpu
     want = rec.get("gpu_name")
     if want and str(want).strip() != str(gpu_name).strip():
         problems.append(f"built on '{want}', this GPU is '{gpu_name}'")
+    want = rec.get("multiprocessor_count")
+    if want and multiprocessor_count and int(want) != int(multiprocessor_count):
+        problems.append(f"built on a GPU with {want} multiprocessors, this one has "
+                        f"{multiprocessor_count}")
+    want = rec.get("total_memory_mib")
+    if want and total_memory_mib and abs(int(want) - int(total_memory_mib)) > \
+            MEMORY_TOLERANCE * max(int(want), int(total_memory_mib)):
+        problems.append(f"built on a device with {want} MiB of GPU memory, this one has "
+                        f"{total_memory_mib} MiB")
     if problems:
-        raise BundleError(f"{path}: this engine does not fit this machine ({'; '.join(problems)}). "
-                          f"{rebuild_hint(path)}")
+        raise StaleEngineError(f"{path}: this engine does not fit this machine "
+                               f"({'; '.join(problems)}). {rebuild_hint(path, model.precision)}")
 
 
 def check_engine_io(io: list[IOTensor], tower: TowerSpec, path: Path) -> None:
@@ -269,9 +304,21 @@ def _np_dtype(t: IOTensor, path: Path) -> np.dtype:
 
 
 def device_facts(cuda) -> dict:
-    """What an engine depends on, as recorded in the manifest."""
+    """What an engine depends on, as recorded in the manifest: GPU name, compute capability,
+    multiprocessor count and total memory (MiB; the last two None when unknown)."""
     major, minor = cuda.compute_capability(0)
-    return {"gpu_name": cuda.device_name(0), "compute_capability": f"{major}.{minor}"}
+    facts = {"gpu_name": cuda.device_name(0), "compute_capability": f"{major}.{minor}",
+             "multiprocessor_count": None, "total_memory_mib": None}
+    props = getattr(cuda, "device_props", None)
+    if props is not None:
+        try:
+            p = props(0)
+        except (AttributeError, BackendUnavailableError):  # an interface without the fields
+            p = {}
+        facts["multiprocessor_count"] = p.get("multiprocessor_count")
+        mem = p.get("total_memory")
+        facts["total_memory_mib"] = int(mem) >> 20 if mem else None
+    return facts
 
 
 # == the runner ==============================================================================
@@ -343,7 +390,8 @@ class TensorRTRunner(Runner):
         self._trt, self._cuda = trt, cuda
         facts = device_facts(cuda)
         check_engine_compat(model, self.path, trt.__version__, facts["gpu_name"],
-                            facts["compute_capability"])
+                            facts["compute_capability"], facts["multiprocessor_count"],
+                            facts["total_memory_mib"])
         try:
             data = self.path.read_bytes()
         except OSError as e:
@@ -351,9 +399,9 @@ class TensorRTRunner(Runner):
         self._runtime = trt.Runtime(trt_logger(trt))
         self._engine = deserialize(self._runtime, data)
         if self._engine is None:
-            raise BundleError(f"{self.path}: TensorRT {trt.__version__} cannot deserialize this "
-                              f"engine (made by another TensorRT version or GPU, or corrupt). "
-                              f"{rebuild_hint(self.path)}")
+            raise StaleEngineError(f"{self.path}: TensorRT {trt.__version__} cannot deserialize "
+                                   f"this engine (made by another TensorRT version or GPU, or "
+                                   f"corrupt). {rebuild_hint(self.path, model.precision)}")
         self._io = engine_io(trt, self._engine)
         check_engine_io(self._io, tower, self.path)
         self._np = {t.name: _np_dtype(t, self.path) for t in self._io}
@@ -366,6 +414,7 @@ class TensorRTRunner(Runner):
         self._free: list[_Slot] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._busy = 0  # after close(): slots still running a call
         first = _Slot(self, 0)  # allocate now: a bad engine or too little memory fails here
         self._slots.append(first)
         self._free.append(first)
@@ -383,11 +432,19 @@ class TensorRTRunner(Runner):
                     self._slots.append(slot)
                     return slot
                 self._cond.wait()
+                # (a slot is in use by exactly one call between _acquire and _release)
 
     def _release(self, slot: _Slot) -> None:
         with self._cond:
-            self._free.append(slot)
-            self._cond.notify()
+            if not self._closed:
+                self._free.append(slot)
+                self._cond.notify()
+                return
+            self._busy -= 1
+            last = self._busy == 0
+        slot.close(self._cuda)  # closed while this call ran: its buffers go now
+        if last:
+            self._engine = None
 
     # -- inference -------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -434,15 +491,24 @@ class TensorRTRunner(Runner):
         return np.array(out[:n], dtype=np.float32)  # a copy: the pinned buffer is reused
 
     def close(self) -> None:
+        """Free the idle slots now; a slot another thread is running on is freed by that thread
+        when its call returns (never under it). Waiting calls get BackendUnavailableError."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
-            slots, self._slots, self._free = self._slots, [], []
+            idle = self._free
+            self._busy = len(self._slots) - len(idle)
+            self._slots, self._free = [], []
             self._cond.notify_all()
-        for slot in slots:
+            last = self._busy == 0
+        for slot in idle:
             slot.close(self._cuda)
-        self._engine = None
+        if last:
+            self._engine = None
 
 
 __all__ = ["TensorRTRunner", "tensorrt_unavailable_reason", "reset_cache", "check_engine_compat",
+           "StaleEngineError", "rebuild_command",
            "check_engine_io", "profile_batch_range", "split_batches", "check_batch", "engine_io",
            "network_flags", "builder_precision_flags", "device_facts", "IOTensor", "INSTALL_HINT"]

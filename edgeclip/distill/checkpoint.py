@@ -15,6 +15,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from ..errors import BundleError
+from ..paths import expand_path
 from .models import DualEncoder, build_student
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
@@ -36,12 +37,12 @@ def save_dual_encoder(model: DualEncoder, path: str | os.PathLike) -> Path:
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    p = Path(path)
+    p = expand_path(path)
     return (p / WEIGHTS).is_file() and (p / CONFIG).is_file()
 
 
 def load_dual_encoder(path: str | os.PathLike, map_location: str = "cpu") -> DualEncoder:
-    p = Path(path)
+    p = expand_path(path)
     if not is_checkpoint(p):
         raise BundleError(f"{p}: not a dual-encoder checkpoint (needs {WEIGHTS} and {CONFIG}; "
                           f"train one with `edgeclip distill`).")

@@ -16,35 +16,55 @@ from ..errors import ConfigError
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set loss.edges.TI-ST.weight=0 "
                    "or --set loss.drop=inter_ts (repeatable).")
-def distill(config_path, sets):
-    """Train a teacher or distill a student dual encoder."""
+@click.option("--restart", is_flag=True,
+              help="Start over even if run.out holds a checkpoint (its checkpoint and "
+                   "metrics.jsonl are replaced).")
+@click.option("--resume-anyway", is_flag=True,
+              help="Resume run.out's checkpoint even though it was trained with another config "
+                   "(the new config applies from the checkpoint's step on).")
+def distill(config_path, sets, restart, resume_anyway):
+    """Train a teacher or distill a student dual encoder.
+
+    An interrupted run resumes from <run.out>/checkpoint when rerun. If the config differs from
+    the checkpoint's (another loss preset, schedule, learning rate, model or data), the run is
+    refused with the differing keys named: pass --resume-anyway to continue under the new config,
+    or --restart to start over.
+    """
     from .config import load_config
     from .trainer import train
+    if restart and resume_anyway:
+        raise ConfigError("--restart and --resume-anyway contradict each other: pass one.")
     cfg = load_config(config_path, sets)
-    result = train(cfg)
+    if restart:
+        cfg["run"]["resume"] = False
+    result = train(cfg, resume_anyway=resume_anyway)
     click.echo(json.dumps(result, indent=1, default=str))
 
 
 @click.command("eval")
 @click.option("--model", "model_path", required=True,
-              help="A checkpoint directory (from `edgeclip distill`) or a bundle.")
+              help="A bundle, a checkpoint directory (from `edgeclip distill`), a Hugging Face "
+                   "CLIPModel/SiglipModel directory, or open_clip:ARCH (with --weights).")
+@click.option("--weights", default=None, help="open_clip:ARCH only: the weights file.")
 @click.option("--data", "data_root", required=True, help="Dataset directory (or tar shards).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "csv", "karpathy", "wds"]))
 @click.option("--backend", default="auto", show_default=True, help="Bundles only.")
 @click.option("--precision", default=None, help="Bundles only: fp32, fp16 or int8.")
-@click.option("--device", default="cpu", show_default=True, help="Checkpoints only.")
+@click.option("--device", default="cpu", show_default=True,
+              help="PyTorch models (not bundles) only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_cmd(model_path, data_root, split, fmt, backend, precision, device, as_json):
+def eval_cmd(model_path, weights, data_root, split, fmt, backend, precision, device, as_json):
     """Text-to-image and image-to-text R@1/5/10 on a dataset split."""
+    from ..model_source import parse_source
     from ..retrieval import format_table
-    from .checkpoint import is_checkpoint
     from .data import open_dataset
     from .evaluate import evaluate_path
+    src = parse_source(model_path, weights)  # before the dataset is read: a bad --model fails fast
     ds = open_dataset({"root": data_root, "format": fmt}, split)
-    kw = {} if is_checkpoint(model_path) else {"backend": backend, "precision": precision}
-    m = evaluate_path(model_path, ds, device=device, **kw)
+    kw = {"backend": backend, "precision": precision} if src.is_bundle else {}
+    m = evaluate_path(src, ds, device=device, **kw)
     m.update(model=str(model_path), data=ds.description)
     if as_json:
         click.echo(json.dumps(m, indent=1))

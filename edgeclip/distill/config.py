@@ -1,13 +1,18 @@
 """Training configs: TOML files (``tomllib``; ``tomli`` on Python 3.10) with defaults, plus
-``--set a.b.c=value`` overrides (the value is read as TOML, else as a string)."""
+``--set a.b.c=value`` overrides (the value is read as TOML, else as a string).
+
+Paths (:data:`PATH_KEYS`: ``run.out``, ``data.root``, ``data.cache_dir``, ...) may use ``~`` and
+``$VARS``. Relative paths, in a config file or a ``--set``, are relative to the WORKING
+DIRECTORY (not to the config file): the shipped ``configs/*.toml`` are meant to be run from the
+repository root, with the data at ``../shared/data/flickr8k`` (or ``--set data.root=...``)."""
 
 from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 
 from ..errors import ConfigError
+from ..paths import expand_path
 from .models import merge
 
 if sys.version_info >= (3, 11):
@@ -20,7 +25,10 @@ DEFAULTS: dict = {
     "model": {"name": "lite0-minilm2", "pretrained": True, "config": {}},
     "teacher": {},
     "data": {"root": "../shared/data/flickr8k", "format": "auto", "train_split": "train",
-             "eval_split": "dev", "cache_dir": "cache", "workers": 0},
+             "eval_split": "dev", "cache_dir": "cache", "workers": 0,
+             # tar shards: stream them in training (webdataset); samples per epoch from
+             # sizes.json beside the shards, else epoch_samples
+             "stream": "auto", "shuffle_buffer": 1000, "epoch_samples": 0},
     "loss": {"preset": "cona", "edges": {}, "drop": []},
     "train": {"epochs": 1, "batch_size": 64, "lr": 1e-3, "backbone_lr_mult": 0.1,
               "weight_decay": 0.05, "warmup_steps": 50, "min_lr_ratio": 0.0, "grad_accum": 1,
@@ -53,10 +61,23 @@ def apply_set(cfg: dict, assignment: str) -> None:
     node[parts[-1]] = parse_value(value.strip())
 
 
+# (section, key) of the values that are paths: ``~`` and ``$VARS`` are expanded
+PATH_KEYS = (("run", "out"), ("data", "root"), ("data", "cache_dir"), ("data", "karpathy_json"),
+             ("data", "image_root"), ("teacher", "path"), ("teacher", "checkpoint"))
+
+
+def expand_paths(cfg: dict) -> dict:
+    for section, key in PATH_KEYS:
+        node = cfg.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            node[key] = str(expand_path(node[key]))
+    return cfg
+
+
 def load_config(path=None, sets=()) -> dict:
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        p = Path(path)
+        p = expand_path(path)
         try:
             user = tomllib.loads(p.read_text())
         except FileNotFoundError:
@@ -74,4 +95,4 @@ def load_config(path=None, sets=()) -> dict:
         if k not in DEFAULTS["train"]:
             raise ConfigError(f"train.{k} is not a known option (known: "
                               f"{', '.join(DEFAULTS['train'])})")
-    return cfg
+    return expand_paths(cfg)

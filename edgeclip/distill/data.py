@@ -1,6 +1,8 @@
 """Image-caption datasets: a captions CSV + image folder + split files (the Flickr8k layout),
 Karpathy-style JSON (``dataset_flickr30k.json`` / ``dataset_coco.json``), and webdataset tar
-shards (``key.jpg`` + ``key.txt``, read with ``tarfile``).
+shards (``key.jpg`` + ``key.txt``): training streams them with the ``webdataset`` library
+(:func:`stream_pairs`: shard shuffling, split across DDP ranks and DataLoader workers), and
+evaluation indexes a (small) split with ``tarfile`` for random access (:func:`load_wds`).
 
 A dataset is a list of :class:`Sample` (an image source and its captions) plus an ``identity``
 string used to key caches. Images are decoded with the runtime's loader
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..paths import expand_path
 from ..manifest import PreprocessCfg
 from ..preprocess import ImageLoadError, load_image, preprocess_image
 
@@ -147,18 +150,112 @@ def load_karpathy(json_path: str | os.PathLike, image_root: str | os.PathLike, s
                        f"{json_path} [{split}]")
 
 
-def load_wds(shards, split: str = "") -> PairDataset:
-    """Tar shards (a glob, a directory, or a list). Each sample: ``key.jpg|jpeg|png|webp`` +
-    ``key.txt`` (one caption per line)."""
+def shard_files(shards, split: str = "") -> list[str]:
+    """The tar shards of a split: ``DIR/<split>/*.tar``, else ``DIR/*.tar``, a glob, or a list."""
     if isinstance(shards, (str, os.PathLike)):
         p = Path(shards)
-        pattern = str(p / split / "*.tar") if p.is_dir() and (p / split).is_dir() else (
+        pattern = str(p / split / "*.tar") if p.is_dir() and split and (p / split).is_dir() else (
             str(p / "*.tar") if p.is_dir() else str(shards))
         files = sorted(glob.glob(pattern))
     else:
         files = [str(s) for s in shards]
     if not files:
         raise ConfigError(f"no tar shards found at {shards}")
+    return files
+
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def _pair(sample: dict) -> dict | None:
+    """A webdataset sample (``__key__``, ``jpg``..., ``txt``) -> {key, image bytes, captions}."""
+    image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+    text = sample.get("txt")
+    if image is None or text is None:
+        return None
+    caps = [c.strip() for c in bytes(text).decode("utf-8", "replace").splitlines() if c.strip()]
+    if not caps:
+        return None
+    return {"key": sample["__key__"], "shard": sample.get("__url__", ""), "image": bytes(image),
+            "captions": caps}
+
+
+def stream_pairs(files: list[str], rank: int = 0, world: int = 1, seed: int = 0,
+                 shuffle_shards: bool = True, shuffle_buffer: int = 0):
+    """Stream (not scan) tar shards with ``webdataset``: an iterable of
+    ``{"key", "shard", "image": bytes, "captions": [str]}``.
+
+    Shards are shuffled with ``seed`` (the same permutation on every rank), then split across
+    ranks (``rank::world``) and, inside a DataLoader, across its workers
+    (``webdataset.split_by_worker``); ``shuffle_buffer`` > 0 also shuffles samples within that
+    window. Each rank reads only its own shards, sequentially, as they are consumed."""
+    import random
+
+    import webdataset as wds
+
+    if world > 1 and len(files) < world:
+        raise ConfigError(f"{len(files)} tar shard(s) for {world} processes: every process needs "
+                          f"at least one shard; write more, smaller shards.")
+
+    def split_nodes(src):
+        urls = list(src)
+        if shuffle_shards:
+            random.Random(seed).shuffle(urls)
+        yield from urls[rank::world]
+
+    ds = wds.WebDataset(list(files), shardshuffle=False, nodesplitter=split_nodes,
+                        workersplitter=wds.split_by_worker, empty_check=False,
+                        handler=wds.warn_and_continue, seed=seed)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, rng=random.Random(seed))
+    return ds.map(_pair).select(lambda x: x is not None)
+
+
+def shard_sizes(files: list[str]) -> int | None:
+    """Samples in ``files`` from a ``sizes.json`` beside them (``{"shard.tar": n, ...}``, the
+    webdataset convention), or None when absent or incomplete."""
+    total = 0
+    for f in files:
+        p = Path(f).parent / "sizes.json"
+        try:
+            sizes = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if Path(f).name not in sizes:
+            return None
+        total += int(sizes[Path(f).name])
+    return total
+
+
+def write_shards(ds: PairDataset, out_dir: str | os.PathLike, per_shard: int = 1000,
+                 prefix: str = "shard") -> list[str]:
+    """Write ``ds`` as webdataset tar shards (``key.<ext>`` + ``key.txt``, one caption a line)
+    and ``sizes.json``; returns the shard paths."""
+    import webdataset as wds
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    with wds.ShardWriter(str(out / f"{prefix}-%05d.tar"), maxcount=per_shard,
+                         verbose=0) as sink:
+        for s in ds.samples:
+            data = s.read()
+            data = Path(data).read_bytes() if isinstance(data, str) else data
+            ext = Path(s.key).suffix.lower().lstrip(".") or "jpg"
+            ext = ext if ext in IMAGE_EXTS else "jpg"
+            sink.write({"__key__": Path(s.key).stem.replace(".", "_"), ext: data,
+                        "txt": "\n".join(s.captions).encode()})
+            name = Path(sink.fname).name
+            sizes[name] = sizes.get(name, 0) + 1
+    (out / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
+    return sorted(str(out / n) for n in sizes)
+
+
+def load_wds(shards, split: str = "") -> PairDataset:
+    """Tar shards (a glob, a directory, or a list), indexed for random access (evaluation).
+    Each sample: ``key.jpg|jpeg|png|webp`` + ``key.txt`` (one caption per line). Training reads
+    shards as a stream instead (:func:`stream_pairs`)."""
+    files = shard_files(shards, split)
     samples = []
     for shard in files:
         imgs, txts = {}, {}
@@ -183,22 +280,7 @@ def load_wds(shards, split: str = "") -> PairDataset:
 
 def open_dataset(cfg: dict, split: str) -> PairDataset:
     """``cfg``: ``{root, format: auto|csv|karpathy|wds, karpathy_json?, image_root?}``."""
-    if "root" not in cfg:
-        raise ConfigError("data.root is not set (a dataset directory)")
-    root = Path(os.path.expandvars(str(cfg["root"]))).expanduser()
-    fmt = cfg.get("format", "auto")
-    if fmt == "auto":
-        if (root / "captions.csv").is_file():
-            fmt = "csv"
-        elif cfg.get("karpathy_json") or list(root.glob("dataset_*.json")):
-            fmt = "karpathy"
-        elif root.suffix == ".tar" or list(root.glob("*.tar")) or list(root.glob("*/*.tar")):
-            fmt = "wds"
-        elif not root.exists():
-            raise ConfigError(f"{root}: dataset directory not found")
-        else:
-            raise ConfigError(f"{root}: cannot tell the dataset format (expected captions.csv, "
-                              f"dataset_*.json or *.tar shards); set data.format")
+    root, fmt = detect_format(cfg)
     if fmt == "csv":
         return load_csv(root, split)
     if fmt == "karpathy":
@@ -209,6 +291,29 @@ def open_dataset(cfg: dict, split: str) -> PairDataset:
     if fmt == "wds":
         return load_wds(root, split)
     raise ConfigError(f"data.format '{fmt}' is unknown (known: auto, csv, karpathy, wds)")
+
+
+def detect_format(cfg: dict) -> tuple[Path, str]:
+    """(expanded data.root, format): ``data.format``, or for ``auto`` what the folder holds."""
+    if "root" not in cfg:
+        raise ConfigError("data.root is not set (a dataset directory)")
+    root = expand_path(cfg["root"])
+    fmt = cfg.get("format", "auto")
+    if fmt == "auto":
+        if (root / "captions.csv").is_file():
+            fmt = "csv"
+        elif cfg.get("karpathy_json") or list(root.glob("dataset_*.json")):
+            fmt = "karpathy"
+        elif root.suffix == ".tar" or list(root.glob("*.tar")) or list(root.glob("*/*.tar")):
+            fmt = "wds"
+        elif not root.exists():
+            raise ConfigError(f"{root}: dataset directory not found (a relative data.root is "
+                              f"relative to the working directory, {Path.cwd()}; pass "
+                              f"--set data.root=DIR)")
+        else:
+            raise ConfigError(f"{root}: cannot tell the dataset format (expected captions.csv, "
+                              f"dataset_*.json or *.tar shards); set data.format")
+    return root, fmt
 
 
 def check_readable(ds: PairDataset) -> np.ndarray:

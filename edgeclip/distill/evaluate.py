@@ -4,8 +4,6 @@ with their captions, and counted."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -13,6 +11,11 @@ from ..retrieval import recall_at_k
 from .cache import pixel_batches
 from .data import PairDataset
 from .tokens import load_tokenizer, tokenize
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised float32 (students' encoders already are; foreign models' features not)."""
+    return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
 @torch.no_grad()
@@ -25,11 +28,11 @@ def embed_images(model, ds: PairDataset, batch_size=64, device="cpu", prefix=Non
         feats, pok = prefix["features"], prefix["ok"]
         for s in range(0, len(ds), batch_size):
             h = torch.from_numpy(np.array(feats[s:s + batch_size])).float().to(device)
-            out[s:s + batch_size] = model.image_encoder.tail(h).float().cpu().numpy()
+            out[s:s + batch_size] = _unit(model.image_encoder.tail(h)).cpu().numpy()
         return out, pok.copy()
     for idx, pix, _bad in pixel_batches(ds, model.preprocess, batch_size, workers):
         if pix is not None:
-            out[idx] = model.encode_image(pix.to(device)).float().cpu().numpy()
+            out[idx] = _unit(model.encode_image(pix.to(device))).cpu().numpy()
             ok[idx] = True
     return out, ok
 
@@ -41,8 +44,8 @@ def embed_texts(model, texts, batch_size=256, device="cpu"):
     res = []
     for s in range(0, len(texts), batch_size):
         ids, mask = tokenize(tok, texts[s:s + batch_size])
-        res.append(model.encode_text(torch.from_numpy(ids).to(device),
-                                     torch.from_numpy(mask).to(device)).float().cpu().numpy())
+        res.append(_unit(model.encode_text(torch.from_numpy(ids).to(device),
+                                           torch.from_numpy(mask).to(device))).cpu().numpy())
     return np.concatenate(res) if res else np.zeros((0, model.embed_dim), np.float32)
 
 
@@ -68,25 +71,28 @@ def evaluate_bundle(path, ds: PairDataset, backend="auto", precision=None, batch
     from ..embedder import Embedder
     emb = Embedder(path, backend=backend, precision=precision)
     items = [s.read() for s in ds.samples]
-    img, skipped = emb.embed_images(items, batch_size=batch_size, on_error="skip")
+    img, skipped = emb.embed_images(items, batch_size=batch_size, on_error="skip",
+                                    progress=len(items) > 64)
     ok = np.ones(len(ds), bool)
     for i, _item, _reason in skipped:
         ok[i] = False
     full = np.zeros((len(ds), img.shape[1]), np.float32)
     full[ok] = img
-    txt = emb.embed_texts(ds.captions, batch_size=batch_size)
+    txt = emb.embed_texts(ds.captions, batch_size=batch_size, progress=len(ds.captions) > 256)
     m = metrics_from(full, ok, np.asarray(txt), ds)
     m.update(backend=emb.backend, precision=emb.precision)
     return m
 
 
-def evaluate_path(path, ds: PairDataset, device="cpu", **kw) -> dict:
-    """A bundle (has manifest.json, or is an .onnx/.plan file) or a checkpoint directory."""
-    from .checkpoint import is_checkpoint, load_dual_encoder
-    p = Path(path)
-    if is_checkpoint(p):
-        model = load_dual_encoder(p).to(device)
-        m = evaluate_model(model, ds, device)
-        m.update(backend="torch", precision="fp32")
-        return m
-    return evaluate_bundle(p, ds, **kw)
+def evaluate_path(path, ds: PairDataset, device="cpu", weights=None, **kw) -> dict:
+    """Any model source (:mod:`edgeclip.model_source`): a bundle runs on its runtime, a checkpoint,
+    Hugging Face directory or ``open_clip:ARCH`` in PyTorch (fp32)."""
+    from ..model_source import ModelSource, parse_source
+    src = path if isinstance(path, ModelSource) else parse_source(path, weights)
+    if src.is_bundle:
+        return evaluate_bundle(src.path, ds, **kw)
+    from ..export.sources import load_source
+    model = load_source(src).to(device)
+    m = evaluate_model(model, ds, device)
+    m.update(backend="torch", precision="fp32")
+    return m

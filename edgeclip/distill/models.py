@@ -69,6 +69,9 @@ def tokenizer_path(cfg: dict) -> Path:
     tok = cfg.get("tokenizer", "minilm")
     if tok == "minilm":
         return minilm_dir() / "tokenizer.json"
+    if tok == "mpnet":  # all-mpnet-base-v2's own (edgeclip.distill.mpnet)
+        from .mpnet import mpnet_dir
+        return mpnet_dir() / "tokenizer.json"
     p = registry_dir() / tok
     if p.is_file():
         return p
@@ -112,7 +115,11 @@ def build_student(name_or_config, pretrained: bool = True, overrides: dict | Non
     if dim < 1:
         raise ConfigError(f"embed_dim must be positive, got {dim}")
     image = build_image_tower(cfg["image"], dim, pretrained)
-    text = TextTower(cfg["text"], dim, pretrained)
+    if cfg["text"].get("type") == "mpnet_frozen":  # frozen all-mpnet-base-v2 + a trained head
+        from .mpnet_tower import MpnetFrozenTower
+        text = MpnetFrozenTower(cfg["text"], dim, pretrained)
+    else:
+        text = TextTower(cfg["text"], dim, pretrained)
     return DualEncoder(cfg, image, text, tokenizer_path(cfg))
 
 

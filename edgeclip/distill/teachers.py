@@ -5,14 +5,14 @@ keys the embedding cache).
 
 - :class:`DualEncoderTeacher`: an edgeclip checkpoint (e.g. the composite EfficientNet-Lite2 +
   MiniLM teacher trained with ``edgeclip distill --config configs/teacher.toml``).
-- :class:`HFCLIPTeacher`: a Hugging Face ``CLIPModel`` directory.
-- :class:`OpenCLIPTeacher`: an open_clip model name + local checkpoint (needs open_clip).
+- :class:`SourceTeacher`: any other model source (:mod:`edgeclip.model_source`): a Hugging Face
+  ``CLIPModel`` / ``SiglipModel`` directory or ``open_clip:ARCH`` + weights file, through the
+  same loader as ``edgeclip export`` (:func:`edgeclip.export.sources.load_source`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +29,6 @@ def _files_digest(paths) -> str:
     for p in sorted(map(str, paths)):
         h.update(sha256_file(p).encode())
     return h.hexdigest()
-
-
-def _features(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("image_embeds", "text_embeds", "pooler_output"):
-        v = getattr(out, key, None)
-        if v is not None:
-            return v
-    raise TypeError(f"unexpected output {type(out).__name__}")
 
 
 class Teacher:
@@ -81,103 +71,73 @@ class DualEncoderTeacher(Teacher):
         return tokenize(self._tok, texts)
 
 
-class HFCLIPTeacher(Teacher):
-    def __init__(self, path, device="cpu", context_length: int | None = None):
-        from transformers import CLIPModel
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{path}: not a Hugging Face model directory (no config.json)")
-        self.model = CLIPModel.from_pretrained(str(path)).to(device).eval().requires_grad_(False)
-        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-        self.identity = _files_digest(weights + [path / "config.json"])
-        self.name = path.name
-        self.embed_dim = int(self.model.config.projection_dim)
-        self.device = device
-        ctx = int(context_length or self.model.config.text_config.max_position_embeddings)
-        tok_file = path / "tokenizer.json"
-        if tok_file.is_file():
-            self._tok = load_tokenizer(tok_file, ctx)
-        else:
-            from transformers import AutoTokenizer
-            self._tok = AutoTokenizer.from_pretrained(str(path)).backend_tokenizer
-            self._tok.enable_truncation(ctx)
-            self._tok.enable_padding(length=ctx, pad_id=self._tok.padding["pad_id"]
-                                     if self._tok.padding else 0)
-        self.preprocess = self._preprocess_cfg(path)
+class SourceTeacher(Teacher):
+    """A foreign model (Hugging Face CLIPModel / SiglipModel directory, ``open_clip:ARCH``) from
+    :func:`edgeclip.export.sources.load_source`: the library's own forward, the tokenizer.json and
+    preprocessing its export would ship (so the student learns from exactly what the exported
+    teacher computes)."""
 
-    def _preprocess_cfg(self, path: Path) -> PreprocessCfg:
-        size = int(self.model.config.vision_config.image_size)
-        cfg = {"size": [size, size], "mean": [0.48145466, 0.4578275, 0.40821073],
-               "std": [0.26862954, 0.26130258, 0.27577711]}
-        pp = path / "preprocessor_config.json"
-        if pp.is_file():
-            d = json.loads(pp.read_text())
-            cfg["mean"] = list(d.get("image_mean", cfg["mean"]))
-            cfg["std"] = list(d.get("image_std", cfg["std"]))
-        return PreprocessCfg.from_dict(cfg)
+    def __init__(self, source, weights=None, device="cpu", context_length: int | None = None):
+        from ..export.sources import load_source, weights_identity
+        from ..model_source import ModelSource, parse_source
+        src = source if isinstance(source, ModelSource) else parse_source(source, weights,
+                                                                          allow_bundle=False)
+        self.model = load_source(src, context_length=context_length).to(device).eval()
+        self.model.requires_grad_(False)
+        self.source = src
+        self.name = self.model.name
+        self.embed_dim = int(self.model.embed_dim)
+        self.preprocess = self.model.preprocess
+        self.device = device
+        self.context_length = int(self.model.context_length)
+        self.identity = (f"{src.kind}:{weights_identity(self.model)}:ctx{self.context_length}:"
+                         f"{_files_digest([self.model.tokenizer_file])}")
+        self._tok = load_tokenizer(self.model.tokenizer_file, self.context_length)
 
     @torch.no_grad()
     def encode_image(self, pixel_values):
-        return F.normalize(_features(self.model.get_image_features(pixel_values=pixel_values)),
-                           dim=-1)
+        return F.normalize(self.model.encode_image(pixel_values).float(), dim=-1)
 
     @torch.no_grad()
     def encode_text(self, input_ids, attention_mask):
-        out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        return F.normalize(_features(out), dim=-1)
+        return F.normalize(self.model.encode_text(input_ids, attention_mask).float(), dim=-1)
 
     def tokenize(self, texts):
         return tokenize(self._tok, texts)
 
 
-class OpenCLIPTeacher(Teacher):
-    def __init__(self, model_name: str, checkpoint: str | None, device="cpu"):
-        try:
-            import open_clip
-        except ImportError:
-            raise ConfigError("an open_clip teacher needs open_clip: pip install open_clip_torch "
-                              "(or use a Hugging Face CLIP directory / an edgeclip checkpoint)"
-                              ) from None
-        if checkpoint and not Path(checkpoint).is_file():
-            raise ConfigError(f"{checkpoint}: open_clip checkpoint not found")
-        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint)
-        self.model = model.to(device).eval().requires_grad_(False)
-        self._tok = open_clip.get_tokenizer(model_name)
-        self.name = model_name
-        self.identity = _files_digest([checkpoint]) if checkpoint else f"open_clip:{model_name}"
-        self.embed_dim = int(getattr(model, "embed_dim", 0) or model.text_projection.shape[1])
-        self.device = device
-        vc = getattr(model.visual, "preprocess_cfg", {}) or {}
-        size = vc.get("size", model.visual.image_size)
-        size = [size, size] if isinstance(size, int) else list(size)
-        self.preprocess = PreprocessCfg.from_dict(
-            {"size": size, "mean": list(vc.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-             "std": list(vc.get("std", (0.26862954, 0.26130258, 0.27577711))),
-             "interpolation": vc.get("interpolation", "bicubic"),
-             "resize_mode": vc.get("resize_mode", "shortest")})
-
-    @torch.no_grad()
-    def encode_image(self, pixel_values):
-        return F.normalize(self.model.encode_image(pixel_values), dim=-1)
-
-    @torch.no_grad()
-    def encode_text(self, input_ids, attention_mask):
-        return F.normalize(self.model.encode_text(input_ids), dim=-1)
-
-    def tokenize(self, texts):
-        ids = self._tok(list(texts)).numpy().astype(np.int64)
-        return ids, (ids != 0).astype(np.int64)
+TEACHER_TYPES = ("checkpoint", "hf", "hf_clip", "hf_siglip", "open_clip", "source")
 
 
 def load_teacher(cfg: dict, device: str = "cpu") -> Teacher:
-    """``cfg``: ``{type: checkpoint|hf_clip|open_clip, path, model?, checkpoint?}``."""
+    """``cfg`` (the ``[teacher]`` table): ``path`` = any model source (an edgeclip checkpoint
+    directory, a Hugging Face CLIPModel/SiglipModel directory, ``open_clip:ARCH``) with optional
+    ``weights`` (open_clip) and ``context_length``; ``type`` may name what ``path`` must be
+    (``checkpoint``, ``hf`` / ``hf_clip`` / ``hf_siglip``, ``open_clip``; ``source`` = any).
+    The older ``type = "open_clip"`` with ``model`` (+ ``checkpoint``) keeps working."""
+    from ..model_source import parse_source
     kind = cfg.get("type", "checkpoint")
-    if kind == "checkpoint":
-        if "path" not in cfg:
-            raise ConfigError("teacher.path is not set (a checkpoint directory)")
-        return DualEncoderTeacher(cfg["path"], device)
-    if kind == "hf_clip":
-        return HFCLIPTeacher(cfg["path"], device, cfg.get("context_length"))
-    if kind == "open_clip":
-        return OpenCLIPTeacher(cfg["model"], cfg.get("checkpoint"), device)
-    raise ConfigError(f"teacher.type '{kind}' is unknown (known: checkpoint, hf_clip, open_clip)")
+    if kind not in TEACHER_TYPES:
+        raise ConfigError(f"teacher.type '{kind}' is unknown (known: {', '.join(TEACHER_TYPES)})")
+    path = cfg.get("path")
+    weights = cfg.get("weights", cfg.get("checkpoint"))
+    if kind == "open_clip" and not path:
+        if not cfg.get("model"):
+            raise ConfigError("teacher.type = 'open_clip' needs teacher.path = 'open_clip:ARCH' "
+                              "(or teacher.model = 'ARCH'), and teacher.weights = FILE")
+        path = f"open_clip:{cfg['model']}"
+    if not path:
+        raise ConfigError("teacher.path is not set: an edgeclip checkpoint directory, a Hugging "
+                          "Face CLIPModel/SiglipModel directory, or open_clip:ARCH (with "
+                          "teacher.weights)")
+    src = parse_source(path, weights, allow_bundle=False)
+    want = {"checkpoint": ("checkpoint", "hf", "open_clip"),  # the default type: any source
+            "hf": ("hf",), "hf_clip": ("hf",), "hf_siglip": ("hf",),
+            "open_clip": ("open_clip",), "source": ("checkpoint", "hf", "open_clip")}[kind]
+    arch = {"hf_clip": "CLIPModel", "hf_siglip": "SiglipModel"}.get(kind)
+    if src.kind not in want or (arch and src.architecture != arch):
+        raise ConfigError(f"teacher.type = '{kind}' but teacher.path {path!r} is a "
+                          f"{src.describe()}; fix teacher.type or teacher.path")
+    if src.kind == "checkpoint":
+        return DualEncoderTeacher(src.path, device)
+    return SourceTeacher(src, device=device, context_length=cfg.get("context_length"))

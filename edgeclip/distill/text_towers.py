@@ -145,7 +145,8 @@ class TextTower(nn.Module):
                         inter=int(cfg["intermediate"]), max_pos=int(cfg.get("max_positions", 64)),
                         type_vocab=1, eps=1e-12)
         else:
-            raise ConfigError(f"unknown text tower type '{kind}' (known: minilm, bert)")
+            raise ConfigError(f"unknown text tower type '{kind}' (known: minilm, bert, "
+                              f"mpnet_frozen)")
         rank = int(cfg.get("token_embed_rank", 0) or 0)
         self.encoder = BertEncoder(rank=rank, dropout=float(cfg.get("dropout", 0.0)), **dims)
         self.proj = nn.Linear(dims["hidden"], embed_dim, bias=False)

@@ -14,9 +14,13 @@ def load_tokenizer(path, context_length: int) -> Tokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on a bad file
         raise ConfigError(f"{path}: cannot load tokenizer ({e})") from None
-    pad_id = tok.token_to_id("[PAD]")
+    pad_id = tok.padding["pad_id"] if tok.padding else None  # the file's own (as the runtime)
     if pad_id is None:
-        pad_id = tok.padding["pad_id"] if tok.padding else 0
+        pad_id = tok.token_to_id("[PAD]")
+    if pad_id is None:
+        pad_id = tok.token_to_id("<pad>")
+    if pad_id is None:
+        pad_id = 0
     pad_tok = tok.id_to_token(pad_id) or "[PAD]"
     tok.enable_truncation(max_length=context_length)
     tok.enable_padding(length=context_length, pad_id=pad_id, pad_token=pad_tok)

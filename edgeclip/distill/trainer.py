@@ -13,6 +13,7 @@ import math
 import os
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +85,38 @@ class TrainModule(nn.Module):
         return self.graph(f)
 
 
+def _check_teacher(tcfg: dict) -> None:
+    """A missing checkpoint teacher: say that it is trained first, and where it was looked for."""
+    from .checkpoint import is_checkpoint
+    path = str(tcfg.get("path", ""))
+    if (tcfg.get("type", "checkpoint") == "checkpoint" and not path.startswith("open_clip:")
+            and not is_checkpoint(path)):
+        raise ConfigError(
+            f"teacher.path {tcfg.get('path')!r}: no teacher checkpoint there (relative paths are "
+            f"relative to the working directory, {Path.cwd()}). Train the teacher first: "
+            f"`edgeclip distill --config configs/teacher.toml` (it writes runs/teacher/best), "
+            f"or pass --set teacher.path=DIR.")
+
+
+def _note(msg: str) -> None:
+    print(f"[distill] {msg}", file=sys.stderr, flush=True)
+
+
+def _opt_state_fits(opt, state: dict, saved_groups: list) -> bool:
+    """Whether a saved AdamW state (``state``: param index -> tensors) fits ``opt``'s parameters:
+    same groups, sizes and shapes."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in opt.param_groups]:
+        return False
+    for pid, st in state.items():
+        if pid >= len(params):
+            return False
+        for name, v in st.items():
+            if name != "step" and tuple(v.shape) != tuple(params[pid].shape):
+                return False
+    return True
+
+
 def _lr_factor(step, total, warmup, min_ratio):
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -122,7 +155,10 @@ def _peak_mb(device: str) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: dict):
+    """``resume_anyway``: continue ``run.out``'s checkpoint even when it was trained with another
+    config (see :mod:`edgeclip.distill.resume`); without it such a resume is refused."""
+
+    def __init__(self, cfg: dict, resume_anyway: bool = False):
         self.cfg = cfg
         self.d = _Dist()
         tr = cfg["train"]
@@ -131,37 +167,31 @@ class Trainer:
         if tr["threads"]:
             torch.set_num_threads(int(tr["threads"]))
         self.out = Path(cfg["run"]["out"])
+        from .resume import check_resume
+        self.config_changes = check_resume(cfg, resume_anyway)  # before anything is written
         self.seed = int(cfg["run"]["seed"])
         torch.manual_seed(self.seed)
         mc = cfg["model"]
         self.model = build_student(mc["name"], pretrained=bool(mc["pretrained"]),
                                    overrides=mc.get("config") or None)
         self.edges = resolve_edges(cfg["loss"])
-        self.ds = open_dataset(cfg["data"], cfg["data"]["train_split"])
         self.cache_dir = Path(cfg["data"]["cache_dir"])
         self.workers = int(cfg["data"]["workers"])
-        ok = np.ones(len(self.ds), bool)
-        self.tfeat, tdim = None, None
-        if needs_teacher(self.edges):
-            if not cfg.get("teacher"):
-                raise ConfigError("the loss edges need a teacher: set [teacher] type/path, or use "
-                                  "loss.preset='clip'")
-            self.tfeat = self._rank0_first(lambda: teacher_embeddings(
-                load_teacher(cfg["teacher"], self.device), self.ds, self.cache_dir,
-                workers=self.workers))
-            ok &= self.tfeat["ok"]
-            tdim = self.tfeat["image"].shape[1]
-        enc = self.model.image_encoder
-        self.prefix = None
-        if enc.freeze_blocks and tr["cache_prefix"]:
-            self.prefix = self._rank0_first(lambda: prefix_features(
-                enc, self.model.preprocess, self.ds, self.cache_dir, workers=self.workers))
-            ok &= self.prefix["ok"]
-        self.skipped = int((~ok).sum())
-        self.usable = np.nonzero(ok)[0]
-        tok = load_tokenizer(self.model.tokenizer_file, self.model.context_length)
-        ids, mask = tokenize(tok, self.ds.captions)
-        self.ids, self.mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        from .stream import ShardStream, use_stream
+        self.stream = None
+        if use_stream(cfg["data"]):  # tar shards: streamed (webdataset), nothing cached
+            teacher = None
+            if needs_teacher(self.edges):
+                _check_teacher(cfg.get("teacher") or {})
+                teacher = load_teacher(cfg["teacher"], self.device)
+            self.stream = ShardStream(cfg, self.model, teacher, self.d, self.device)
+            self.ds, self.tfeat, self.prefix, self.skipped = None, None, None, 0
+            from .augment import setup_augmentation
+            self.aug = setup_augmentation(cfg, self.model, None, None, None)  # refused if asked
+            self.usable = np.arange(self.stream.epoch_samples)
+            tdim = self.stream.tdim
+        else:
+            tdim = self._load_indexed(cfg)
         self.graph = ConaGraph(self.edges, self.model.embed_dim, tdim)
         self.model.to(self.device)
         self.graph.to(self.device)
@@ -180,7 +210,8 @@ class Trainer:
         per_rank = len(self.usable) // self.d.world
         self.mb_per_epoch = per_rank // self.local_b
         if self.mb_per_epoch < 1:
-            raise ConfigError(f"{self.ds.description}: {len(self.usable)} usable images, fewer "
+            what = self.ds.description if self.ds is not None else f"{self.stream.files[0]}..."
+            raise ConfigError(f"{what}: {len(self.usable)} usable images, fewer "
                               f"than one batch of {tr['batch_size']}")
         self.total = int(tr["epochs"]) * self.mb_per_epoch // self.accum
         if tr["max_steps"]:
@@ -189,6 +220,45 @@ class Trainer:
         self.best = -1.0
         self._epoch_cache: dict = {}
         self.eval_ds = None
+
+    def _load_indexed(self, cfg: dict):
+        """CSV / Karpathy (and tar shards with ``data.stream = false``): an indexed dataset, with
+        the teacher's embeddings and the frozen prefix cached once. Returns the teacher's dim."""
+        tr = cfg["train"]
+        self.ds = open_dataset(cfg["data"], cfg["data"]["train_split"])
+        ok = np.ones(len(self.ds), bool)
+        self.tfeat, tdim = None, None
+        if needs_teacher(self.edges):
+            if not cfg.get("teacher"):
+                raise ConfigError("the loss edges need a teacher: set [teacher] type/path, or use "
+                                  "loss.preset='clip'")
+            _check_teacher(cfg["teacher"])
+            self.tfeat = self._rank0_first(lambda: teacher_embeddings(
+                load_teacher(cfg["teacher"], self.device), self.ds, self.cache_dir,
+                workers=self.workers))
+            ok &= self.tfeat["ok"]
+            tdim = self.tfeat["image"].shape[1]
+        enc = self.model.image_encoder
+        self.prefix = None
+        if enc.freeze_blocks and tr["cache_prefix"]:
+            self.prefix = self._rank0_first(lambda: prefix_features(
+                enc, self.model.preprocess, self.ds, self.cache_dir, workers=self.workers))
+            ok &= self.prefix["ok"]
+        from .augment import setup_augmentation  # augmented views of the prefix (data.augment_*)
+        self.aug = self._rank0_first(lambda: setup_augmentation(
+            cfg, self.model, self.ds, self.cache_dir, self.prefix, self.workers))
+        self.skipped = int((~ok).sum())
+        self.usable = np.nonzero(ok)[0]
+        sub = int(cfg["data"].get("train_images", 0) or 0)  # pilots: a fixed random subset
+        if sub:
+            self.usable = np.sort(np.random.default_rng(0).permutation(self.usable)[:sub])
+        tok = load_tokenizer(self.model.tokenizer_file, self.model.context_length)
+        ids, mask = tokenize(tok, self.ds.captions)
+        self.ids, self.mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        from .mpnet_tower import cached_text_inputs  # frozen text towers: cached features
+        self.ids, self.mask = self._rank0_first(lambda: cached_text_inputs(
+            self.model.text_encoder, self.ids, self.mask, self.cache_dir))
+        return tdim
 
     # -- helpers -----------------------------------------------------------------------------
     def _rank0_first(self, fn):
@@ -212,13 +282,16 @@ class Trainer:
         return self._epoch_cache[epoch]
 
     def _batch(self, micro: int):
+        if self.stream is not None:
+            return self.stream.batch(micro, self.mb_per_epoch, self.local_b)
         epoch, pos = divmod(micro, self.mb_per_epoch)
         imgs, pick = self._epoch_plan(epoch)
         idx = imgs[pos * self.local_b:(pos + 1) * self.local_b]
         if self.prefix is not None:
             order = np.argsort(idx)
             feats = np.empty((len(idx),) + self.prefix["features"].shape[1:], np.float16)
-            feats[order] = self.prefix["features"][idx[order]]
+            feats[order] = (self.prefix["features"][idx[order]] if self.aug is None
+                            else self.aug.rows(idx[order], epoch, self.seed))
             image_in, from_prefix = torch.from_numpy(feats).float(), True
         else:
             got, pix, _bad = next(iter(pixel_batches(self.ds, self.model.preprocess, len(idx),
@@ -258,20 +331,53 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         from safetensors.torch import load_file as lf
-        self.model.load_state_dict(lf(str(path / "model.safetensors")))
+        try:
+            self.model.load_state_dict(lf(str(path / "model.safetensors")))
+        except RuntimeError:
+            keys = [k for k, _, _ in self.config_changes if k.startswith("model.")]
+            raise ConfigError(f"{path}: the checkpoint's student weights do not fit this config's "
+                              f"model{' (' + ', '.join(keys) + ' changed)' if keys else ''}; it "
+                              f"cannot be resumed. Pass --restart to start the run over.") from None
         meta = json.loads((path / "train_state.json").read_text())
         t = load_file(str(path / "train_state.safetensors"))
-        self.graph.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("graph.")})
+        graph_sd = {k[6:]: v for k, v in t.items() if k.startswith("graph.")}
+        lenient = bool(self.config_changes)  # --resume-anyway under a changed config
+        if lenient:  # keep the loss-graph weights that still fit; new ones start fresh
+            own = self.graph.state_dict()
+            graph_sd = {k: v for k, v in graph_sd.items() if k in own and own[k].shape == v.shape}
+            self.graph.load_state_dict(graph_sd, strict=False)
+        else:
+            self.graph.load_state_dict(graph_sd)
         state: dict = {}
         for k, v in t.items():
             if k.startswith("opt."):
                 _, pid, name = k.split(".", 2)
                 state.setdefault(int(pid), {})[name] = v
-        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        fresh = [{k: g[k] for k in ("base_lr", "lr", "weight_decay")}
+                 for g in self.opt.param_groups]
+        if not lenient or _opt_state_fits(self.opt, state, meta["param_groups"]):
+            self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            for g, f in zip(self.opt.param_groups, fresh):  # this config's hyperparameters
+                g.update(f)
+        else:
+            _note(f"resume: the optimizer state does not fit the new config's parameters; "
+                  f"AdamW moments start fresh at step {int(meta['step'])}")
         torch.set_rng_state(t["rng.torch"])
         if "rng.cuda" in t and torch.cuda.is_available():
             torch.cuda.set_rng_state(t["rng.cuda"])
         self.step, self.best = int(meta["step"]), float(meta["best"])
+
+    def _after_resume(self) -> None:
+        from .resume import archive_config, format_changes, trim_metrics
+        dropped = trim_metrics(self.out, self.step)
+        msg = f"resuming {self.out} from step {self.step}"
+        if dropped:
+            msg += f" (dropped {dropped} metrics record(s) logged after that checkpoint)"
+        if self.config_changes:
+            kept = archive_config(self.out, self.step, self.cfg)
+            msg += (f" under a changed config ({format_changes(self.config_changes)}); the old "
+                    f"config is kept as {kept.name if kept else '(none)'}")
+        _note(msg)
 
     # -- loop --------------------------------------------------------------------------------
     def _log(self, rec: dict) -> None:
@@ -285,6 +391,8 @@ class Trainer:
             return None
         if self.eval_ds is None:
             self.eval_ds = open_dataset(self.cfg["data"], split)
+            from .mpnet_tower import prime_text_cache
+            prime_text_cache(self.model, self.eval_ds.captions, self.cache_dir)
             enc = self.model.image_encoder
             self.eval_prefix = (prefix_features(enc, self.model.preprocess, self.eval_ds,
                                                 self.cache_dir, workers=self.workers)
@@ -304,7 +412,10 @@ class Trainer:
         ck = self.out / "checkpoint"
         if self.cfg["run"].get("resume", True) and (ck / "train_state.json").is_file():
             self.load(ck)
+            if self.d.rank == 0:
+                self._after_resume()
         elif self.d.rank == 0:
+            shutil.rmtree(ck, ignore_errors=True)  # a restart: an old checkpoint must not return
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.cfg, indent=1, default=str))
         self.model.train()
@@ -370,5 +481,5 @@ class Trainer:
         return result
 
 
-def train(cfg: dict) -> dict:
-    return Trainer(cfg).fit()
+def train(cfg: dict, resume_anyway: bool = False) -> dict:
+    return Trainer(cfg, resume_anyway=resume_anyway).fit()

@@ -1,4 +1,5 @@
-"""``edgeclip export``: a student checkpoint -> a verified ONNX bundle."""
+"""``edgeclip export``: a model source (student checkpoint, Hugging Face CLIP/SigLIP directory,
+``open_clip:ARCH``) -> a verified ONNX bundle."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def _precisions(value: str | None) -> tuple[str, ...] | None:
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", metavar="SOURCE")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="open_clip:ARCH only: the weights file (.safetensors, or a state dict).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Bundle directory to write.")
 @click.option("--precision", "precision", default=None,
@@ -32,7 +35,8 @@ def _precisions(value: str | None) -> tuple[str, ...] | None:
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="Target profile, e.g. export/targets/jetson-orin-nano.toml.")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None,
-              help="Folder of real images (+ captions.csv) for INT8 calibration.")
+              help="Folder of real images (+ captions.csv) for INT8 calibration (default: "
+                   "scikit-image's built-in photographs, with a note).")
 @click.option("--calib-split", default="train", show_default=True,
               help="Split of --calib-data to calibrate on (when it has splits/).")
 @click.option("--calib-count", type=int, default=None, help="Images and captions to calibrate on.")
@@ -47,17 +51,22 @@ def _precisions(value: str | None) -> tuple[str, ...] | None:
               help="Largest INT8 R@1 drop from FP32 (points) before the export fails.")
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails verification.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for verification.")
-def export(checkpoint, out, precision, target, profile_path, calib_data, calib_split, calib_count,
-           calib_method, eval_data, eval_split, verify_count, max_r1_drop, allow_degraded,
-           threads):
-    """Export CHECKPOINT (a student checkpoint directory) to an ONNX bundle at --out."""
-    from ..distill.checkpoint import load_dual_encoder
+def export(checkpoint, weights, out, precision, target, profile_path, calib_data, calib_split,
+           calib_count, calib_method, eval_data, eval_split, verify_count, max_r1_drop,
+           allow_degraded, threads):
+    """Export SOURCE to a verified ONNX bundle at --out.
+
+    \b
+    SOURCE: a student checkpoint directory (from `edgeclip distill`), a Hugging Face
+    CLIPModel / SiglipModel directory, or open_clip:ARCH with --weights FILE.
+    """
     from .pipeline import export_dual_encoder
+    from .sources import load_source
 
     profile = load_profile(profile_path) if profile_path else ExportProfile()
     precisions = _precisions(precision) or profile.precisions
     target = target or profile.target
-    model = load_dual_encoder(checkpoint)
+    model = load_source(checkpoint, weights)
     report = export_dual_encoder(
         model, out, precisions, target, profile=profile, calib_data=calib_data,
         calib_split=calib_split, calib_count=calib_count, calib_method=calib_method,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..paths import expand_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -31,7 +32,7 @@ def _image_dir(root: Path) -> Path:
 
 def load_split(root: str | Path, split: str | None = None) -> SplitData:
     """Images of ``split`` (all when the folder has no splits) and their captions."""
-    root = Path(root).expanduser()
+    root = expand_path(root)
     if not root.is_dir():
         raise ConfigError(f"{root}: no such data directory. Pass a folder of images (e.g. "
                           f"flickr8k/ with images/ and captions.csv).")

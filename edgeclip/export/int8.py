@@ -9,7 +9,14 @@ Targets:
     clip under per-tensor uint8). minmax ranges are averaged over batches (ORT moving average).
   * ``tensorrt``: QInt8 symmetric activations (zero point 0) + per-channel symmetric QInt8
     weights, Q/DQ only on Conv/MatMul/Gemm inputs, one Q/DQ pair per consumer: TensorRT's
-    explicit-quantization rules (checked by :mod:`edgeclip.export.qdq_lint`).
+    explicit-quantization rules (checked by :mod:`edgeclip.export.qdq_lint`). Quantized over the
+    **FP16** graph (``float_dtype="fp16"``, the default): TensorRT >= 10 builds strongly typed
+    networks, so the graph's types are the engine's precisions, and the float compute between
+    the Q/DQ pairs (Softmax, LayerNormalization, GELU, residual Adds, excluded layers) must be
+    float16 in the graph to run as FP16. Q/DQ scales are float16 too (opset >= 19). Only the
+    L2-normalisation tail stays float32 (its squared sum overflows float16), plus any op types
+    named in ``keep_fp32``. ``float_dtype="fp32"`` gives the older float32 Q/DQ graph (opset 17)
+    for TensorRT 8.6 (JetPack 6.0), which gets FP16 from its builder flags.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..errors import ConfigError
+from .fp16 import convert_fp16
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
@@ -40,6 +48,27 @@ TENSORRT_DEFAULT_EXCLUDE = ("first_conv", "token_embedding", "final_projection",
 WEIGHT_ONLY_BLOCK = 128
 HIGH_RES_FACTOR = 4  # "high_res": inputs of at least 1/HIGH_RES_FACTOR of the input pixels
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+#: tensorrt target: the float type of the graph the Q/DQ pairs are put into
+FLOAT_DTYPES = ("fp16", "fp32")
+#: QuantizeLinear/DequantizeLinear with float16 scales (and inputs) exist from opset 19 on
+FP16_QDQ_OPSET = 19
+
+
+def tensorrt_fp16_base(src: str | Path, dst: str | Path,
+                       keep_fp32: tuple[str, ...] = ()) -> Path:
+    """The float16 graph the TensorRT INT8 graph is quantized over: everything in float16 but
+    the L2-normalisation tail and the op types in ``keep_fp32``; float32 inputs/outputs; the
+    default-domain opset raised to at least 19 (float16 Q/DQ scales)."""
+    from onnx import version_converter
+    convert_fp16(src, dst, sensitive_ops=tuple(keep_fp32))
+    model = onnx.load(str(dst))
+    current = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                  default=FP16_QDQ_OPSET)
+    if current < FP16_QDQ_OPSET:
+        model = version_converter.convert_version(model, FP16_QDQ_OPSET)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(dst))
+    return Path(dst)
 
 
 def _is_down_projection(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
@@ -226,12 +255,15 @@ def weight_only_int8(path: str | Path, names: list[str]) -> list[str]:
 def quantize_int8(src: str | Path, dst: str | Path, reader: CalibrationDataReader, target: str,
                   method: str = "minmax", excludes: tuple[str, ...] | None = None,
                   weight_only: tuple[str, ...] | None = None,
-                  moving_average: bool | None = None) -> dict:
+                  moving_average: bool | None = None, float_dtype: str | None = None,
+                  keep_fp32: tuple[str, ...] = ()) -> dict:
     """Quantize ``src`` to ``dst``; return what was done (for the manifest and the report).
 
     ``excludes`` (roles/names/globs) stay out of static INT8; on the cpu target those of them
     also in ``weight_only`` get 8-bit weight-only quantization. ``None`` = the target's default.
     ``moving_average``: minmax ranges averaged over calibration batches (default: cpu yes).
+    ``float_dtype`` (tensorrt target): ``fp16`` (default) quantizes the float16 graph (float16
+    compute and Q/DQ scales; op types in ``keep_fp32`` stay float32), ``fp32`` the float32 one.
     """
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method '{method}' (known: "
@@ -244,12 +276,19 @@ def quantize_int8(src: str | Path, dst: str | Path, reader: CalibrationDataReade
         weight_only = ()  # MatMulNBits is an ONNX Runtime contrib op: TensorRT cannot run it
     if moving_average is None:
         moving_average = target == "cpu"
+    if float_dtype is None:
+        float_dtype = "fp16" if target == "tensorrt" else "fp32"
+    if float_dtype not in FLOAT_DTYPES or (target == "cpu" and float_dtype != "fp32"):
+        raise ConfigError(f"float type '{float_dtype}' for the {target} INT8 graph: use "
+                          f"{'fp16 or fp32' if target == 'tensorrt' else 'fp32'}.")
     if moving_average and method == "minmax":
         settings["extra_options"]["CalibMovingAverage"] = True
     if method != "minmax":  # histogram calibrators keep every batch's activations: bound memory
         settings["extra_options"]["CalibMaxIntermediateOutputs"] = 4
     with tempfile.TemporaryDirectory(prefix="edgeclip-quant-") as tmp:
         pre = preprocess_for_quant(src, Path(tmp) / "pre.onnx")
+        if float_dtype == "fp16":
+            pre = tensorrt_fp16_base(pre, Path(tmp) / "pre.fp16.onnx", tuple(keep_fp32))
         graph = onnx.load(str(pre))
         nodes = resolve_excludes(graph, excludes)
         wo_nodes = sorted(set(resolve_excludes(graph, weight_only)) & set(nodes))
@@ -272,7 +311,10 @@ def quantize_int8(src: str | Path, dst: str | Path, reader: CalibrationDataReade
     info = {"target": target, "calibration": method, "excluded_nodes": nodes,
             "op_types": settings.get("op_types_to_quantize") or "all",
             "activations": "int8-symmetric" if target == "tensorrt" else "uint8",
-            "weights": "int8-symmetric-per-channel", "format": "QDQ"}
+            "weights": "int8-symmetric-per-channel", "format": "QDQ",
+            "float": "float16" if float_dtype == "fp16" else "float32"}
+    if float_dtype == "fp16":
+        info["keep_fp32"] = ["l2_normalisation_tail", *keep_fp32]
     if target == "cpu":
         info.update({"moving_average": bool(moving_average and method == "minmax"),
                      "weight_only_nodes": wo_done,

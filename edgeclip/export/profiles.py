@@ -19,6 +19,8 @@ Example::
     [quantization]
     exclude = ["first_conv", "token_embedding", "final_projection"]  # roles or node names
     weight_only = ["ffn_down"]     # cpu: excluded MatMuls given 8-bit weight-only quantization
+    float = "fp16"                 # tensorrt: Q/DQ over the fp16 graph (default) or "fp32" (TRT 8.6)
+    keep_fp32 = []                 # tensorrt, float = "fp16": op types kept float32
 
 Unknown keys raise :class:`ConfigError` naming the key.
 """
@@ -47,7 +49,7 @@ _SCHEMA = {
     "batch": {"min", "opt", "max"},
     "tensorrt": {"workspace_mib", "builder_optimization_level", "timing_cache"},
     "calibration": {"method", "count", "moving_average"},
-    "quantization": {"exclude", "weight_only"},
+    "quantization": {"exclude", "weight_only", "float", "keep_fp32"},
 }
 
 
@@ -69,6 +71,8 @@ class ExportProfile:
     exclude: tuple[str, ...] | None = None      # None: the target's default (int8.default_exclude)
     weight_only: tuple[str, ...] | None = None  # None: the target's default (cpu only)
     calib_moving_average: bool | None = None    # None: on for target cpu
+    float_dtype: str | None = None              # tensorrt INT8 base graph: None/"fp16" | "fp32"
+    keep_fp32: tuple[str, ...] = ()             # tensorrt fp16 base: op types kept float32
     source: str = ""
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -140,6 +144,13 @@ def load_profile(path: str | Path) -> ExportProfile:
         p.exclude = tuple(_get(q, "exclude", list, f"{w} [quantization]"))
     if "weight_only" in q:
         p.weight_only = tuple(_get(q, "weight_only", list, f"{w} [quantization]"))
+    if "float" in q:
+        p.float_dtype = _get(q, "float", str, f"{w} [quantization]")
+        if p.float_dtype not in ("fp16", "fp32"):
+            raise ConfigError(f"{w} [quantization]: float must be \"fp16\" or \"fp32\", got "
+                              f"{p.float_dtype!r}.")
+    if "keep_fp32" in q:
+        p.keep_fp32 = tuple(_get(q, "keep_fp32", list, f"{w} [quantization]"))
     validate(p, w)
     return p
 

@@ -4,7 +4,9 @@ FP16 engines come from the bundle's fp16 ONNX graph, INT8 engines from its expli
 exported with ``--target tensorrt`` (symmetric int8). TensorRT >= 10 builds them as strongly typed
 networks (precision from the graph); TensorRT 8.6 (JetPack 6.0) gets the FP16/INT8 builder flags
 on the same graphs. No implicit INT8 calibrator (removed in TensorRT 11). Each engine is added to
-``manifest.json`` with the TensorRT version, GPU name and compute capability it needs.
+``manifest.json`` with the TensorRT version, GPU name, compute capability, multiprocessor count
+and total memory it needs. INT8 source graphs are Q/DQ-linted first; the result goes into the
+bundle's ``report.json`` (``build_engine`` entry).
 
 Imports without tensorrt; TensorRT and CUDA are imported only when an engine is built.
 """
@@ -117,12 +119,17 @@ def pick_source(tower: TowerSpec, tower_name: str, precision: str, bundle_dir: P
 def engine_entry(tower_name: str, precision: str, facts: dict, lo: int, opt: int, hi: int,
                  tensorrt_version: str, source: str, streams: int = 1) -> ModelFile:
     from .. import __version__
+    extra = {"tensorrt_version": tensorrt_version, "gpu_name": facts["gpu_name"],
+             "compute_capability": facts["compute_capability"]}
+    for key in ("multiprocessor_count", "total_memory_mib"):  # tell an AGX Orin from an Orin Nano
+        if facts.get(key):
+            extra[key] = int(facts[key])
+    extra.update({"min_batch": lo, "opt_batch": opt, "max_batch": hi, "profiles": streams,
+                  "source": source})
     return ModelFile(
         path=f"{tower_name}.{precision}.plan", format="tensorrt", precision=precision,
         target="tensorrt", tools={"tensorrt": tensorrt_version, "edgeclip": __version__},
-        extra={"tensorrt_version": tensorrt_version, "gpu_name": facts["gpu_name"],
-               "compute_capability": facts["compute_capability"], "min_batch": lo,
-               "opt_batch": opt, "max_batch": hi, "profiles": streams, "source": source})
+        extra=extra)
 
 
 def add_engine(manifest: Manifest, tower_name: str, entry: ModelFile) -> None:
@@ -156,6 +163,12 @@ def build_one(trt, bundle_dir: Path, tower: TowerSpec, tower_name: str, source: 
     if set(names) != set(specs):
         raise BundleError(f"{onnx_path}: graph inputs {sorted(names)} != manifest inputs "
                           f"{sorted(specs)}. Re-export the bundle.")
+    quant = (source.extra or {}).get("quantization") or {}
+    if trt_backend.trt_major(trt) < 10 and quant.get("float") == "float16":
+        raise BundleError(f"{onnx_path}: this INT8 graph computes in float16 with float16 Q/DQ "
+                          f"scales (opset 19), which TensorRT {trt.__version__} cannot parse; "
+                          f"TensorRT >= 10 (JetPack >= 6.1) can. For TensorRT 8.6 export with "
+                          f"`float = \"fp32\"` under [quantization] in the target profile.")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(s.workspace_mib) << 20)
     for flag in trt_backend.builder_precision_flags(trt, source.precision):
@@ -166,7 +179,10 @@ def build_one(trt, bundle_dir: Path, tower: TowerSpec, tower_name: str, source: 
         profile = builder.create_optimization_profile()
         for name in names:  # every input with a batch axis gets the range (input_ids, mask, ...)
             profile.set_shape(name, *profile_shapes(specs[name], lo, opt, hi))
-        config.add_optimization_profile(profile)
+        if config.add_optimization_profile(profile) < 0:  # -1: TensorRT rejected the profile
+            raise BundleError(f"{where}: TensorRT rejected the optimisation profile (batch "
+                              f"{lo}/{opt}/{hi} for inputs {', '.join(names)}; see its log "
+                              f"above). Check the profile's [batch] min <= opt <= max.")
     cache = _load_timing_cache(config, cache_file, log)
     log(f"building {tower_name} {source.precision} engine from {source.path} "
         f"(batch {lo}/{opt}/{hi}, workspace {s.workspace_mib} MiB, TensorRT {trt.__version__})…")
@@ -179,18 +195,36 @@ def build_one(trt, bundle_dir: Path, tower: TowerSpec, tower_name: str, source: 
 
 
 def _load_timing_cache(config, path: Path, log):
+    """The timing cache from ``path``; a fresh one when the file is absent, corrupt or foreign
+    (``create_timing_cache`` returns None or raises, or ``set_timing_cache`` refuses it)."""
     data = b""
-    if path.is_file():
-        data = path.read_bytes()
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):
-        log(f"timing cache {path} was made by another GPU or TensorRT version: starting afresh.")
+    try:
+        if path.is_file():
+            data = path.read_bytes()
+    except OSError as e:
+        log(f"warning: cannot read the timing cache {path} ({e.strerror or e}): starting afresh.")
+    cache = None
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # TensorRT versions differ in how they reject a bad blob
+            cache = None
+        if cache is not None and not config.set_timing_cache(cache, False):
+            cache = None
+        if cache is None:
+            log(f"timing cache {path} is corrupt or was made by another GPU or TensorRT version: "
+                f"starting afresh.")
+    if cache is None:
         cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
+        if cache is None or not config.set_timing_cache(cache, False):
+            log("warning: TensorRT gave no timing cache: building without one.")
+            return None
     return cache
 
 
 def _save_timing_cache(cache, path: Path, log) -> None:
+    if cache is None:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -211,6 +245,7 @@ def build_engines(bundle: str | os.PathLike, settings: BuildSettings,
     sources = {t: pick_source(manifest.tower(t), t, settings.precision, bundle_dir) for t in todo}
     for t in todo:
         batch_range(settings, manifest.tower(t), f"{bundle_dir}: {t} tower")
+    lint = lint_sources(bundle_dir, sources, log)
     trt = trt_backend._import_tensorrt()
     from ..backends.cuda import get_cuda
     facts = trt_backend.device_facts(get_cuda())
@@ -226,11 +261,62 @@ def build_engines(bundle: str | os.PathLike, settings: BuildSettings,
         tmp.write_bytes(plan)
         os.replace(tmp, out)
         add_engine(manifest, t, entry)
+        record_build(bundle_dir, manifest, t, entry, lint)
         write_manifest(manifest, bundle_dir)
         written.append(out)
         log(f"wrote {out} ({len(plan) / 2**20:.1f} MiB) for {facts['gpu_name']} "
             f"(sm {facts['compute_capability']})")
     return written
+
+
+def lint_sources(bundle_dir: Path, sources: dict[str, ModelFile], log=click.echo) -> dict | None:
+    """Q/DQ lint of the INT8 source graphs (None for fp16 builds). Findings are printed; the
+    build goes on (TensorRT's parser is the judge), the result goes into report.json."""
+    graphs = {t: m.path for t, m in sources.items() if m.precision == "int8"}
+    if not graphs:
+        return None
+    try:
+        from .qdq_lint import lint_report
+    except ImportError as e:  # the lint needs onnx (edgeclip[export]); boards may lack it
+        log(f"warning: Q/DQ lint skipped ({e}); pip install onnx to run it.")
+        return {"passed": None, "skipped": f"onnx is not installed ({e})"}
+    quant = {t: (m.extra or {}).get("quantization") for t, m in sources.items()}
+    result = lint_report(bundle_dir, graphs, quant)
+    for f in result["findings"]:
+        log(f"Q/DQ lint: {f}")
+    log(f"Q/DQ lint: {'passed' if result['passed'] else 'FAILED'} for "
+        f"{', '.join(sorted(graphs.values()))}")
+    return result
+
+
+def record_build(bundle_dir: Path, manifest: Manifest, tower: str, entry: ModelFile,
+                 lint: dict | None) -> None:
+    """Add the engine (and the source's Q/DQ lint) to the bundle's report.json (made when the
+    bundle has none; listed in the manifest's files so its checksum is kept)."""
+    import json
+    path = bundle_dir / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        report = {}
+    builds = report.setdefault("build_engine", {})
+    item = {"precision": entry.precision, "source": entry.extra.get("source"),
+            "tensorrt": entry.extra.get("tensorrt_version"),
+            "gpu": entry.extra.get("gpu_name"),
+            "compute_capability": entry.extra.get("compute_capability")}
+    if lint is not None:
+        src = entry.extra.get("source")
+        graph = (lint.get("graphs") or {}).get(src)
+        item["qdq_lint"] = {"passed": lint.get("passed") if graph is None else
+                            not graph["findings"], **({"findings": graph["findings"],
+                                                       "float": graph["float"]} if graph else
+                                                      {k: v for k, v in lint.items()
+                                                       if k != "graphs"})}
+    builds[entry.path] = item
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    manifest.files.setdefault("report.json", "")
 
 
 @click.command("build-engine")

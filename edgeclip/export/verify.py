@@ -36,16 +36,41 @@ class VerifyData:
     notes: list[str] = field(default_factory=list)
 
 
-def _session(path: Path, threads: int | None):
+def unoptimized(path: Path) -> bool:
+    """INT8 graphs made for TensorRT (``*.tensorrt.onnx``: signed Q/DQ, float16 scales) run in
+    ONNX Runtime with its graph optimizations off: that is the Q/DQ graph's reference semantics
+    (dequantize, float op), which TensorRT's INT8 kernels implement. ORT's CPU Q/DQ fusions are
+    other kernels: on the default model's S8S8 image graph they drop the min cosine from 0.988 to
+    0.64, and on a float16 Q/DQ graph they give wrong results (benchmarks/int8_tensorrt_fp16.py)."""
+    return Path(path).name.endswith(".tensorrt.onnx")
+
+
+#: ONNX Runtime CPU optimizers a float16 graph runs without: AttentionFusion fuses float16
+#: attention into ``com.microsoft.Attention``, which has a float32 CPU kernel only (session
+#: creation fails, "Tensor type mismatch"; seen on MobileCLIP's FastViT attention stage).
+FP16_CPU_DISABLED_OPTIMIZERS = ("AttentionFusion",)
+
+
+def disabled_optimizers(path: Path) -> list[str]:
+    return list(FP16_CPU_DISABLED_OPTIMIZERS) if ".fp16." in Path(path).name else []
+
+
+def _session(path: Path, threads: int | None, optimize: bool | None = None):
     import onnxruntime as ort
     opts = ort.SessionOptions()
+    if optimize is None:
+        optimize = not unoptimized(path)
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = int(threads or 0)
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers(path))
 
 
-def ort_embed(path: Path, batches, threads: int | None = None) -> np.ndarray:
-    sess = _session(path, threads)
+def ort_embed(path: Path, batches, threads: int | None = None,
+              optimize: bool | None = None) -> np.ndarray:
+    sess = _session(path, threads, optimize)
     return np.concatenate([sess.run(None, feed)[0] for feed in batches]).astype(np.float32)
 
 

@@ -124,7 +124,8 @@ def build_feeds(inputs: list[TensorSpec], batch: int, pixels: np.ndarray | None 
                 ids: np.ndarray | None = None, mask: np.ndarray | None = None,
                 seed: int = 0) -> dict[str, np.ndarray]:
     """A feed for every graph input at ``batch``: given pixels / token ids where they fit, else
-    standard-normal pixels, token ids in [1, 1000) and all-ones masks."""
+    standard-normal pixels, token ids in [1, 100) (valid in any vocabulary of 100 or more: the
+    cold-start probe feeds them to models with small vocabularies too) and all-ones masks."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in inputs:
@@ -140,7 +141,7 @@ def build_feeds(inputs: list[TensorSpec], batch: int, pixels: np.ndarray | None 
             arr = np.zeros(shape, dtype=np.int64)
         else:
             arr = ids[:batch] if ids is not None and list(ids[:batch].shape) == shape \
-                else rng.integers(1, 1000, size=shape, dtype=np.int64)
+                else rng.integers(1, 100, size=shape, dtype=np.int64)
         feeds[spec.name] = np.ascontiguousarray(arr, dtype=spec.dtype)
     return feeds
 

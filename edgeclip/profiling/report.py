@@ -6,16 +6,19 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import BackendUnavailableError, ConfigError
 
 CV_WARN = 0.10
 ROW_KEYS = [
     "model", "model_index", "path", "kind", "tower", "backend", "precision", "batch_size",
-    "iterations", "latency_mean_ms", "latency_std_ms", "latency_p50_ms", "latency_p90_ms",
+    "iterations", "latency_mean_ms", "latency_std_ms", "latency_p10_ms", "latency_p50_ms", "latency_p90_ms",
     "latency_p99_ms", "latency_max_ms", "latency_min_ms", "cv", "throughput_items_per_s",
     "ratio_vs_first", "ratio_reference", "cold_start_ms", "load_ms", "first_inference_ms",
     "memory_method", "peak_rss_mb", "peak_rss_delta_mb", "peak_device_mb", "preprocess_ms",
-    "tokenize_ms", "input_source", "e2e_ms", "e2e_items_per_s",
+    "tokenize_ms", "input_source", "e2e_ms", "e2e_items_per_s", "photo_size", "e2e_photo_ms",
+    "e2e_photo_items_per_s", "e2e_photo_over_e2e",
 ]
 
 
@@ -105,38 +108,69 @@ def write_csv(rows: list[dict], path: Path) -> None:
         raise ConfigError(f"{path}: cannot write the CSV ({e.strerror}).") from None
 
 
+def _ms_label(v: float, _pos=None) -> str:
+    """Tick text for a latency in ms: 0.2, 1, 20, 500, 2k."""
+    if v >= 1000:
+        return f"{v / 1000:g}k"
+    return f"{v:g}"
+
+
 def write_plot(rows: list[dict], path: Path, title: str = "") -> None:
-    """Mean latency vs batch size, one line per (model, precision), one panel per tower."""
+    """Median (p50) latency vs batch size with a p10-p90 band, one line per (model, precision),
+    one panel per tower; log axes with plain-number ticks (1, 2, 5, 10, 20, 50 ms...)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
     except ImportError:
         raise BackendUnavailableError("--plot needs matplotlib: pip install 'edgeclip[plot]'") \
             from None
     path = _writable(path, "plot")
     towers = [t for t in ("image", "text") if any(r["tower"] == t for r in rows)]
-    fig, axes = plt.subplots(1, len(towers), figsize=(6.5 * len(towers), 4.8), squeeze=False)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    styles = {"fp32": "-", "fp16": "-.", "int8": "--"}
+    fig, axes = plt.subplots(1, len(towers), figsize=(6.4 * len(towers), 4.8), squeeze=False)
     for ax, tower in zip(axes[0], towers):
         series: dict[tuple, list] = {}
         for r in rows:
-            if r["tower"] == tower:
+            if r["tower"] == tower and r.get("latency_p50_ms"):
                 series.setdefault((r["model"], r["precision"], r["backend"]), []).append(r)
         backends = {k[2] for k in series}
         for (model, prec, backend), rs in series.items():
             rs = sorted(rs, key=lambda r: r["batch_size"])
-            label = f"{model} {prec}" + (f" ({backend})" if len(backends) > 1 else "")
-            ax.plot([r["batch_size"] for r in rs], [r["latency_mean_ms"] for r in rs],
-                    marker="o", linestyle="--" if prec == "int8" else "-", label=label)
+            x = [r["batch_size"] for r in rs]
+            p50 = [r["latency_p50_ms"] for r in rs]
+            lo = [r.get("latency_p10_ms") or r["latency_p50_ms"] for r in rs]
+            hi = [r.get("latency_p90_ms") or r["latency_p50_ms"] for r in rs]
+            label = f"{model} {prec}" + (f" ({backend.replace('onnxruntime', 'ort')})"
+                                         if len(backends) > 1 else "")
+            ax.plot(x, p50, marker="o", ms=4, color=colors[model],
+                    linestyle=styles.get(prec, ":"), label=label)
+            ax.fill_between(x, lo, hi, color=colors[model], alpha=0.15, linewidth=0)
+        sizes = sorted({r["batch_size"] for r in rows if r["tower"] == tower})
         ax.set_xscale("log", base=2)
-        sizes = sorted({r["batch_size"] for r in rows})
+        ax.xaxis.set_major_locator(NullLocator())
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.set_yscale("log")
+        lo_y, hi_y = ax.get_ylim()
+        decades = np.log10(hi_y / lo_y) if lo_y > 0 else 3.0
+        # enough labelled ticks for a narrow range, not too many for a wide one
+        subs = ((1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0) if decades < 0.6 else
+                (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if decades < 1.2 else
+                (1.0, 2.0, 5.0) if decades < 6 else (1.0,))
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        ax.yaxis.set_major_formatter(FuncFormatter(_ms_label))
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size")
-        ax.set_ylabel("mean latency per batch (ms)")
+        ax.set_ylabel("latency per batch, ms (median; band: p10-p90)")
         ax.set_title(f"{tower} tower")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", axis="y", alpha=0.1)
+        ax.legend(fontsize=8, loc="upper left")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -12,11 +12,12 @@ def summarize(times_s: list[float], batch_size: int) -> dict:
     ms = np.asarray(times_s, dtype=np.float64) * 1e3
     mean = float(ms.mean())
     std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
-    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    p10, p50, p90, p99 = (float(v) for v in np.percentile(ms, [10, 50, 90, 99]))
     return {
         "iterations": int(ms.size),
         "latency_mean_ms": mean,
         "latency_std_ms": std,
+        "latency_p10_ms": p10,
         "latency_p50_ms": p50,
         "latency_p90_ms": p90,
         "latency_p99_ms": p99,

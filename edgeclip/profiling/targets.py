@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, BundleError, ConfigError
+from ..paths import expand_path
 from ..manifest import (ENGINE_SUFFIXES, MANIFEST_NAME, PRECISIONS, ModelFile, TensorSpec,
                         TowerSpec, load_bundle, read_manifest, resolve_bundle_path)
 
@@ -86,7 +87,9 @@ def open_runner(spec: dict):
                                threads=spec["threads"])
         except ImportError as e:
             raise BackendUnavailableError(f"backend {spec['backend']} cannot run here: {e}. "
-                                          f"Install pip install 'edgeclip[tensorrt]'.") from None
+                                          f"Install: pip install 'edgeclip[tensorrt-cu12]' or "
+                                          f"'edgeclip[tensorrt-cu13]' (see `edgeclip doctor`)."
+                                          ) from None
     from ..backends.onnxruntime import OnnxRuntimeRunner
     tower = TowerSpec(inputs=[TensorSpec.from_dict(t, str(model_file)) for t in spec["inputs"]],
                       outputs=[TensorSpec.from_dict(t, str(model_file)) for t in spec["outputs"]],
@@ -243,9 +246,9 @@ def resolve_targets(models: list[str], towers: list[str], backend: str = "auto",
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)}).")
     targets: list[Target] = []
-    labels: dict[str, int] = {}
     for index, arg in enumerate(models):
-        p = Path(arg).expanduser()
+        arg = str(expand_path(arg))
+        p = Path(arg)
         bare = (p.suffix == ".onnx" and p.is_file()
                 and not (p.parent / MANIFEST_NAME).is_file())
         if bare:
@@ -260,10 +263,40 @@ def resolve_targets(models: list[str], towers: list[str], backend: str = "auto",
             want = ", ".join(precisions) if precisions else "any"
             raise ConfigError(f"{arg}: nothing to time for tower {'/'.join(towers)} at precision "
                               f"{want} on backend {backend}. Check --tower and --precision.")
-        base = found[0].label
-        labels[base] = labels.get(base, 0) + 1
-        if labels[base] > 1:  # the same model given twice (e.g. two copies of a bundle)
-            for t in found:
-                t.label = f"{base}#{labels[base]}"
         targets.extend(found)
+    _label_by_path(targets)
     return targets
+
+
+def _path_label(arg: str) -> str:
+    """A MODEL argument as a short path: relative to the working directory when under it."""
+    import os
+    p = Path(arg).resolve()
+    try:
+        rel = p.relative_to(Path.cwd().resolve())
+        return str(rel) if str(rel) != "." else p.name
+    except ValueError:
+        return str(p).replace(str(Path.home()), "~", 1) if str(p).startswith(
+            str(Path.home()) + os.sep) else str(p)
+
+
+def _label_by_path(targets: list[Target]) -> None:
+    """Models that share a name (two exports of one architecture, two copies of a bundle) are
+    labelled by their paths instead; the same path given twice gets ``#2``, ``#3``..."""
+    by_label: dict[str, list[int]] = {}
+    for t in targets:
+        ids = by_label.setdefault(t.label, [])
+        if t.model_index not in ids:
+            ids.append(t.model_index)
+    rename: dict[int, str] = {}
+    for label, ids in by_label.items():
+        if len(ids) < 2:
+            continue
+        seen: dict[str, int] = {}
+        for i in ids:
+            path = _path_label(next(t.path for t in targets if t.model_index == i))
+            seen[path] = seen.get(path, 0) + 1
+            rename[i] = path if seen[path] == 1 else f"{path}#{seen[path]}"
+    for t in targets:
+        if t.model_index in rename:
+            t.label = rename[t.model_index]

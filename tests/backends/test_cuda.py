@@ -37,7 +37,8 @@ def fake_cudart(devices: int = 1, name: bytes = b"Orin\x00\x00junk", cc=(8, 7), 
     rt.cudaGetErrorName = lambda e: (_Err.cudaSuccess, _Err(e).name.encode())
     rt.cudaGetDeviceCount = lambda: ((_Err.cudaSuccess, devices) if devices
                                      else (_Err.cudaErrorNoDevice, 0))
-    props = types.SimpleNamespace(name=name, major=cc[0], minor=cc[1])
+    props = types.SimpleNamespace(name=name, major=cc[0], minor=cc[1], multiProcessorCount=16,
+                                  totalGlobalMem=64 * 2**30)  # cudaDeviceProp fields
     rt.cudaGetDeviceProperties = lambda d: (_Err.cudaSuccess, props)
     rt.cudaMalloc = lambda n: (malloc_err or _Err.cudaSuccess, 4096)
     rt.cudaFree = lambda p: (_Err.cudaSuccess,)
@@ -134,6 +135,10 @@ def test_prefers_cuda_python_new_layout(monkeypatch):
     assert c.name == "cuda-python"
     assert c.device_name() == "Orin"  # NUL-terminated char[256] decoded
     assert c.compute_capability() == (8, 7)
+    assert c.device_props() == {"multiprocessor_count": 16, "total_memory": 64 * 2**30}
+    from edgeclip.backends.tensorrt import device_facts
+    assert device_facts(c) == {"gpu_name": "Orin", "compute_capability": "8.7",
+                               "multiprocessor_count": 16, "total_memory_mib": 65536}
     assert cu.get_cuda() is c  # cached
 
 
@@ -163,7 +168,7 @@ def test_cuda_python_without_gpu_falls_back_then_explains(monkeypatch):
     msg = str(e.value)
     assert "cudaGetDeviceCount" in msg and "cudaErrorNoDevice" in msg
     assert "pycuda is not installed" in msg
-    assert "pip install 'edgeclip[tensorrt]'" in msg
+    assert "pip install 'edgeclip[tensorrt-cu12]'" in msg
 
 
 def test_neither_installed(monkeypatch):
@@ -173,7 +178,7 @@ def test_neither_installed(monkeypatch):
         cu.get_cuda()
     msg = str(e.value)
     assert "cuda-python is not installed" in msg and "pycuda is not installed" in msg
-    assert "cuda-python" in cu.INSTALL_HINT and "edgeclip[tensorrt]" in msg
+    assert "cuda-python" in cu.INSTALL_HINT and "edgeclip[tensorrt-cu12]" in msg
 
 
 def test_pycuda_without_device(monkeypatch):

@@ -181,7 +181,7 @@ def test_explicit_tensorrt_says_how_to_install(tiny_bundle, tmp_path):
         path = b if kwargs else b / "image.fp16.plan"
         with pytest.raises(BackendUnavailableError) as e:
             edgeclip.Embedder(path, towers=("image",), **kwargs)
-        assert "tensorrt" in str(e.value) and "edgeclip[tensorrt]" in str(e.value)
+        assert "tensorrt" in str(e.value) and "edgeclip[tensorrt-cu12]" in str(e.value)
 
 
 @needs_no_trt
@@ -198,7 +198,7 @@ def test_engine_only_bundle_without_trt(tiny_bundle, tmp_path):
     manifest, _ = load_bundle(b)
     with pytest.raises(BackendUnavailableError) as e:
         resolve_backend(manifest, "image", "auto")
-    assert "has only TensorRT engines" in str(e.value) and "edgeclip[tensorrt]" in str(e.value)
+    assert "has only TensorRT engines" in str(e.value) and "edgeclip[tensorrt-cu12]" in str(e.value)
 
 
 def test_tensorrt_backend_rejects_onnx_file(tiny_bundle, tmp_path):

@@ -109,8 +109,36 @@ def test_tiny_fallback_module_exports(tmp_path, photos):
     assert emb.embed_texts(["a cat"]).shape == (1, 16)
 
 
-def test_int8_without_calibration_data_is_a_config_error(tmp_path):
-    from edgeclip.errors import ConfigError
+def test_int8_without_calibration_data_uses_the_builtin_photos(tmp_path):
+    pytest.importorskip("skimage")
     from edgeclip.export.pipeline import export_dual_encoder
-    with pytest.raises(ConfigError, match="--calib-data"):
-        export_dual_encoder(tiny_model(), tmp_path / "b", ("int8",), "cpu", log=lambda *_: None)
+    said = []
+    report = export_dual_encoder(tiny_model(), tmp_path / "b", ("int8",), "cpu", log=said.append)
+    assert said[0].startswith("[export] note: no --calib-data given; int8 calibrates on "
+                              "scikit-image's 14 built-in photographs")
+    assert report["passed"] and report["data"]["images"] == 14
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.onnx")) == ["image.int8.cpu.onnx",
+                                                                      "text.int8.cpu.onnx"]
+
+
+def test_failed_export_keeps_the_old_bundle_and_leaves_nothing(tmp_path):
+    pytest.importorskip("skimage")
+    from edgeclip.errors import ConfigError, ExportValidationError
+    from edgeclip.export.pipeline import export_dual_encoder
+    from edgeclip.export.verify import Thresholds
+    out = tmp_path / "b"
+    export_dual_encoder(tiny_model(), out, ("fp32",), "cpu", log=lambda *_: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ExportValidationError, match="no bundle was written"):
+        export_dual_encoder(tiny_model(), out, ("fp32",), "cpu", log=lambda *_: None,
+                            thresholds=Thresholds(fp32_min_cosine=1.5))  # cannot pass
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.report.json"]
+    with pytest.raises(AttributeError):  # any error mid-way: no new directory either
+        export_dual_encoder(None, tmp_path / "new", ("fp32",), "cpu", log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.report.json"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not an edgeclip bundle"):
+        export_dual_encoder(tiny_model(), tmp_path / "mine", ("fp32",), "cpu")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.txt"]

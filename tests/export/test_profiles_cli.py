@@ -53,9 +53,14 @@ def test_cli_exports_a_checkpoint(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["towers"]["image"]["max_batch"] == 64
     assert manifest["extra"]["export"]["profile"] == "cpu-x86_64"
+    # int8 with no --calib-data: scikit-image's photographs, with a note naming --calib-data
     res = CliRunner().invoke(export, [str(ckpt), "--out", str(tmp_path / "b2"),
                                       "--precision", "int8"])
-    assert isinstance(res.exception, ConfigError) and "--calib-data" in str(res.exception)
+    assert res.exit_code == 0, res.output
+    assert "no --calib-data given; int8 calibrates on scikit-image's 14 built-in" in res.output
+    report = json.loads((tmp_path / "b2" / "report.json").read_text())
+    assert report["passed"] and report["data"]["notes"] == ["cosine on the calibration items"]
+    assert report["data"]["images"] == 14
 
 
 @pytest.mark.slow

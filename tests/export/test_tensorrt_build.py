@@ -129,7 +129,7 @@ def test_cli_without_tensorrt(fp16_bundle):
     r = CliRunner().invoke(B.build_engine, [str(fp16_bundle), "--tower", "image"])
     assert isinstance(r.exception, BackendUnavailableError)
     assert "tensorrt does not import" in str(r.exception)
-    assert "edgeclip[tensorrt]" in str(r.exception)
+    assert "edgeclip[tensorrt-cu12]" in str(r.exception)
 
 
 def test_module_imports_without_tensorrt_or_torch():

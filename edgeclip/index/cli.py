@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .errors import ImageIndexError
+from ..errors import ImageIndexError
 
 _DB_HELP = ("index database file (default: $EDGECLIP_HOME/index.db; EDGECLIP_HOME defaults to "
             "~/.local/share/edgeclip)")
@@ -20,8 +20,9 @@ _MODEL_HELP = ("model bundle directory (default: the bundle that built the index
 
 
 def _db_path(db: str | None) -> Path:
-    from .index import default_db_path
-    return Path(db) if db else default_db_path()
+    from . import default_db_path
+    from .scan import user_path
+    return user_path(db) if db else default_db_path()
 
 
 def _existing_db(db: str | None) -> Path:
@@ -40,20 +41,29 @@ def _existing_db(db: str | None) -> Path:
 @click.option("--reindex", is_flag=True, help="drop what is indexed first (e.g. to change model)")
 @click.option("--no-recursive", is_flag=True, help="only the files directly in DIR")
 @click.option("--status", "show_status", is_flag=True, help="show what the index holds and exit")
+@click.option("--export", "export", default=None, type=click.Path(dir_okay=False),
+              help="write paths + vectors + model identity to FILE (.npz, or .parquet with "
+                   "pip install 'edgeclip[parquet]') and exit")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--commit-every", default=256, show_default=True, type=click.IntRange(1),
               help="files per transaction (what an interruption can lose)")
 @click.option("--backend", default="auto", show_default=True, help="embedder backend")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def index(folder, db, model, reindex, no_recursive, show_status, batch_size, commit_every,
-          backend, quiet):
+def index(folder, db, model, reindex, no_recursive, show_status, export, batch_size,
+          commit_every, backend, quiet):
     """Index the images in DIR (incremental: only new or changed files are embedded; moved
     files are re-pointed; deleted files are removed)."""
-    from .index import ImageIndex
+    from . import ImageIndex
 
+    if export:
+        with ImageIndex(_existing_db(db), read_only=True) as ix:
+            files = ix.export_embeddings(export)
+            n = len(ix)
+        click.echo(f"wrote {n} vectors to {', '.join(map(str, files))}")
+        return
     if show_status:
         path = _existing_db(db)
-        with ImageIndex(path) as ix:
+        with ImageIndex(path, read_only=True) as ix:
             st = ix.status()
         width = max(len(k) for k in st)
         for key, value in st.items():
@@ -61,7 +71,7 @@ def index(folder, db, model, reindex, no_recursive, show_status, batch_size, com
         return
     with ImageIndex(_db_path(db), model=model, reindex=reindex, backend=backend) as ix:
         if folder is None:
-            from .index_scan import demo_photos
+            from .scan import demo_photos
             files = demo_photos()
             click.echo(f"indexing {len(files)} demo photos from {Path(files[0]).parent}", err=True)
             report = ix.add_files(files, batch_size=batch_size, commit_every=commit_every,
@@ -92,12 +102,14 @@ def index(folder, db, model, reindex, no_recursive, show_status, batch_size, com
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def search(text, image, db, k, folder, after, before, model, approximate, as_json):
     """Search an image index by TEXT (or by an example --image)."""
-    from .index import ImageIndex
+    from . import ImageIndex
 
     if (text is None) == (image is None):
         raise click.UsageError("give either TEXT or --image FILE.")
+    from ..cli_runtime import check_text_args
+    check_text_args([text] if text is not None else [], "TEXT")  # names the bad argument
     path = _existing_db(db)
-    with ImageIndex(path, model=model, approximate=approximate) as ix:
+    with ImageIndex(path, model=model, approximate=approximate, read_only=True) as ix:
         kw = dict(k=k, folder=folder, modified_after=after, modified_before=before)
         results = ix.search(text, **kw) if text is not None else ix.search_image(image, **kw)
     if as_json:
