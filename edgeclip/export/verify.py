@@ -64,6 +64,9 @@ def _session(path: Path, threads: int | None, optimize: bool | None = None):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = int(threads or 0)
     opts.log_severity_level = 3
+    if ".int8." in Path(path).name:  # as the runtime runs it (edgeclip.backends.onnxruntime)
+        from ..backends.onnxruntime import int8_cpu_options
+        int8_cpu_options(opts, "int8")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=disabled_optimizers(path))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 #: chosen on Flickr8k dev (benchmarks/duplicates.py) for the built-in default model
-DEFAULT_THRESHOLD = 0.87
+DEFAULT_THRESHOLD = 0.86
 
 
 def _components(matrix: np.ndarray, threshold: float, block: int) -> list[np.ndarray]:
