@@ -164,6 +164,9 @@ def load_image(item: ImageItem, cfg: PreprocessCfg | None = None, *,
         img = _open(io.BytesIO(bytes(item)))
     elif isinstance(item, (str, os.PathLike)):
         path = Path(item)
+        if not path.exists():  # "~/photo.jpg", "$PHOTOS/x.jpg" (a file literally named so wins)
+            from .paths import expand_path
+            path = expand_path(item)
         try:
             size = path.stat().st_size
         except FileNotFoundError:

@@ -98,3 +98,27 @@ def test_data_checkpoint_and_export_paths(home, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["n_images"] == 8
     _no_literal_dirs(tmp_path)
+
+
+def test_image_paths_with_tilde_and_spaces(tmp_path, monkeypatch):
+    """embed_images(["~/my photos/x.jpg"]) reads $HOME/my photos/x.jpg (a real Flickr8k-free
+    photo from scikit-image); the CLI's quoted --image too."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+    from edgeclip import Embedder
+    from edgeclip.index.scan import demo_photos_dir
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my photos").mkdir()
+    shutil.copy(demo_photos_dir() / "chelsea.png", tmp_path / "my photos" / "cat photo.png")
+    with Embedder(threads=1) as e:
+        a = e.embed_images(["~/my photos/cat photo.png"])
+        b = e.embed_images([tmp_path / "my photos" / "cat photo.png"])
+    np.testing.assert_array_equal(a, b)
+    out = subprocess.run([sys.executable, "-m", "edgeclip.cli", "embed", "--image",
+                          "~/my photos/cat photo.png", "--json"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "cat photo.png" in out.stdout

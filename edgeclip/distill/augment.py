@@ -160,7 +160,7 @@ def augmented_prefix(tower, preprocess: PreprocessCfg, ds: PairDataset, cache_di
                      device: str = "cpu") -> AugmentedPrefix:
     """Fill (or load) the cache of ``views`` augmented views of every image of ``ds`` through
     ``tower``'s frozen prefix. ``plain``: :func:`.cache.prefix_features` of the same data."""
-    from .cache import _key, _ort_prefix_runner, module_digest
+    from .cache import _key, module_digest, prefix_runner
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -173,11 +173,7 @@ def augmented_prefix(tower, preprocess: PreprocessCfg, ds: PairDataset, cache_di
         return AugmentedPrefix(plain["features"], np.load(path, mmap_mode="r"), params, path)
     was_training = tower.training
     tower.eval()
-    run = _ort_prefix_runner(tower, preprocess) if device == "cpu" else None
-    if run is None:
-        @torch.no_grad()
-        def run(pix):
-            return tower.prefix(pix.to(device)).half().cpu().numpy()
+    run = prefix_runner(tower, preprocess, device)
     shape = plain["features"].shape[1:]
     tmp = str(path) + f".tmp{os.getpid()}.npy"
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,

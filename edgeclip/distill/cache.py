@@ -149,12 +149,7 @@ def prefix_features(tower, preprocess, ds: PairDataset, cache_dir, batch_size: i
     was_training = tower.training
     tower.eval()
 
-    run = _ort_prefix_runner(tower, preprocess) if device == "cpu" else None
-    if run is None:
-        @torch.no_grad()
-        def run(pix):
-            return tower.prefix(pix.to(device)).half().cpu().numpy()
-
+    run = prefix_runner(tower, preprocess, device)
     feats, ok = _map_images(ds, preprocess, run, batch_size, workers, "image prefix cache")
     tower.train(was_training)
     shape = next(x.shape for x in feats if x is not None)
@@ -167,6 +162,17 @@ def prefix_features(tower, preprocess, ds: PairDataset, cache_dir, batch_size: i
     os.replace(str(path) + ".tmp.npy", path)
     _save_atomic(ok_path, lambda p: np.save(open(p, "wb"), ok))
     return {"features": np.load(path, mmap_mode="r"), "ok": ok, "path": path}
+
+
+def prefix_runner(tower, preprocess, device: str):
+    """pixels -> fp16 numpy features of the frozen prefix: ONNX Runtime on the CPU (faster than
+    eager PyTorch there), the tower itself on other devices."""
+    run = _ort_prefix_runner(tower, preprocess) if device == "cpu" else None
+    if run is None:
+        @torch.no_grad()
+        def run(pix):
+            return tower.prefix(pix.to(device)).half().cpu().numpy()
+    return run
 
 
 class _Prefix(torch.nn.Module):

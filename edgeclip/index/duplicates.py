@@ -21,36 +21,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .search import duplicate_groups as connected_groups
+
 #: chosen on Flickr8k dev (benchmarks/duplicates.py) for the built-in default model
 DEFAULT_THRESHOLD = 0.86
 
 
 def _components(matrix: np.ndarray, threshold: float, block: int) -> list[np.ndarray]:
-    n = matrix.shape[0]
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        sims = matrix[start:stop] @ matrix[start:].T  # pairs (i, j >= i)
-        ii, jj = np.nonzero(sims >= threshold)
-        ii, jj = ii + start, jj + start
-        keep = jj > ii
-        for a, b in zip(ii[keep].tolist(), jj[keep].tolist()):
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    comps: dict[int, list[int]] = {}
-    for i in range(n):
-        comps.setdefault(find(i), []).append(i)
-    return [np.asarray(c) for c in comps.values() if len(c) > 1]
+    """Connected components of "cosine >= threshold" (they may chain; each is then split by
+    complete linkage)."""
+    return [np.asarray(g) for g in connected_groups(matrix, threshold, block)]
 
 
 def complete_linkage(sims: np.ndarray, threshold: float) -> list[list[int]]:
