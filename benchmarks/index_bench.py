@@ -385,6 +385,12 @@ def run_parts(args, only: set[str]):
                 res.setdefault("exact", {})[str(n)] = {**bench_exact(m, q),
                                                        "loadavg": list(os.getloadavg())}
                 print(f"exact {n}: {res['exact'][str(n)]}", flush=True)
+                res.setdefault("exact_float16", {})[str(n)] = {
+                    **bench_exact(m.astype(np.float16), q), "loadavg": list(os.getloadavg())}
+                print(f"exact float16 {n}: {res['exact_float16'][str(n)]}", flush=True)
+                res["end_to_end_100k"] = {"command": cmd, **bench_end_to_end(m, q, tmp),
+                                          "loadavg": list(os.getloadavg())}
+                print(f"ImageIndex 100k: {res['end_to_end_100k']}", flush=True)
         if "indexing" in only:
             res["indexing"] = bench_indexing(args.bundle, args.images, tmp)
     out.write_text(json.dumps(res, indent=1))

@@ -144,7 +144,7 @@ def main(argv=None) -> None:
     quality = {}
     saved = P.DRAFT_MARGIN
     try:
-        for margin in (1.0, 2.0):
+        for margin in (1.0, 1.5, 2.0):
             P.DRAFT_MARGIN = margin
             x = np.stack([P.preprocess_image(f, cfg) for f in photos])
             cos = (embed(x) * ref).sum(1)

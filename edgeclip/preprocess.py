@@ -41,13 +41,14 @@ _RESAMPLE = {
 
 
 #: JPEG draft decoding keeps at least this many decoded pixels per output pixel on each side of
-#: the resize (2: a 4032x3024 photo for a 224-px shortest-side resize decodes at 1/4 scale,
-#: 1008x756, not at 1/8, 504x378). Measured with the default model on real photos upscaled to
-#: 12 MP JPEGs (benchmarks/results/photo_e2e.json, "draft_margin"): embedding cosine to the
-#: full-size decode, mean / min, Flickr8k 0.99944 / 0.99785 at margin 2 vs 0.99917 / 0.99781 at
-#: margin 1; scikit-image photos 0.99951 / 0.99914 vs 0.99916 / 0.99816 (the pixel error halves).
-#: Margin 2 costs ~13 ms of CPU per 12 MP photo over margin 1 (decode + resize 36 vs 23 ms).
-DRAFT_MARGIN = 2.0
+#: the resize, so the resize filter always downsamples (1.5: a 4032x3024 photo for a 224-px
+#: shortest-side resize decodes at 1/8 scale, 504x378). Measured with the default model on real
+#: photos upscaled to 12 MP JPEGs (benchmarks/results/photo_e2e.json, "draft_margin"): embedding
+#: cosine to the full-size decode, mean / min, Flickr8k 0.99917 / 0.99781 at 1/8 scale vs
+#: 0.99944 / 0.99785 at 1/4 (margin 2); scikit-image photos 0.99916 / 0.99816 vs 0.99951 /
+#: 0.99914. Both are far above the 0.995 gate; 1/4 costs ~60% more preprocessing CPU per 12 MP
+#: photo (decode + resize 36 vs 23 ms), which on two cores is the indexing bottleneck.
+DRAFT_MARGIN = 1.5
 
 #: EXIF Orientation tag values -> the transpose that makes the pixels upright (as Pillow's
 #: ``ImageOps.exif_transpose``).

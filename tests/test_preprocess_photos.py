@@ -53,27 +53,30 @@ def test_inverse_table_really_inverts():
 
 @pytest.mark.parametrize("short,want", [
     (223, 1), (224, 1), (225, 1),           # around the input size: never a draft
-    (447, 1), (448, 1),                     # 1/2 would be 224 < 2 x 224
-    (894, 1), (895, 2), (896, 2),           # ceil(895 / 2) = 448 >= 2 x 224
-    (1788, 2), (1789, 4),                   # ceil(1789 / 4) = 448
-    (3576, 4), (3577, 8), (3024 * 2, 8),    # ceil(3577 / 8) = 448
+    (335, 1), (670, 1),                     # 1/2 would be 335 < 1.5 x 224 = 336
+    (671, 2), (672, 2),                     # ceil(671 / 2) = 336 >= 1.5 x 224
+    (1340, 2), (1341, 4),                   # ceil(1341 / 4) = 336
+    (2680, 4), (2681, 8), (3024, 8),        # ceil(2681 / 8) = 336; a 12 MP photo: 1/8
+    (3024 * 2, 8),
 ])
 def test_draft_scale_boundaries(short, want):
-    assert DRAFT_MARGIN == 2.0
+    assert DRAFT_MARGIN == 1.5
     assert draft_scale((short * 4 // 3, short), CFG) == want
     assert draft_scale((short, short * 4 // 3), CFG) == want
-    # the drafted image still covers 2x the 224-px resize: never an upscale
+    # the drafted image still covers 1.5x the 224-px resize: never an upscale
     s = draft_scale((short * 4 // 3, short), CFG)
-    assert -(-short // s) >= 2 * 224 or s == 1
+    assert -(-short // s) >= 1.5 * 224 or s == 1
 
 
 def test_draft_scale_other_modes():
     squash = PreprocessCfg(size=(224, 224), resize_mode="squash")
-    # squash needs both sides >= 448 after drafting: the short side decides
-    assert draft_scale((4032, 900), squash) == 2 and draft_scale((4032, 3024), squash) == 4
+    # squash needs both sides >= 336 after drafting: the short side decides
+    assert draft_scale((4032, 900), squash) == 2 and draft_scale((4032, 3024), squash) == 8
+    assert draft_scale((4032, 2680), squash) == 4
     longest = PreprocessCfg(size=(224, 224), resize_mode="longest")
-    # longest: 4032 / 8 = 504 >= 448 along the long side; the short side shrinks in proportion
+    # longest: 4032 / 8 = 504 >= 336 along the long side; the short side shrinks in proportion
     assert draft_scale((4032, 3024), longest) == 8
+    assert draft_scale((2680, 2000), longest) == 4  # 2680 / 8 = 335 < 336
     # a rotated (orientation 6) stored 3024x4032 photo is a 4032x3024 upright one
     assert draft_scale((3024, 4032), CFG, orientation=6) == draft_scale((4032, 3024), CFG)
 
@@ -84,7 +87,7 @@ def test_load_image_decodes_at_the_chosen_scale(photo, short, scale):
     data = _jpeg(photo.resize((w, short), Image.Resampling.BICUBIC))
     img = load_image(data, CFG)
     assert img.size == (-(-w // scale), -(-short // scale))
-    assert min(img.size) >= min(2 * 224, short)  # never below the margin, never upscaled
+    assert min(img.size) >= min(1.5 * 224, short)  # never below the margin, never upscaled
     assert load_image(data).size == (w, short)  # no cfg: full decode
     assert load_image(data, CFG, draft=False).size == (w, short)
 
@@ -106,14 +109,14 @@ def _upright_reference(photo: Image.Image, size: tuple[int, int]) -> np.ndarray:
 @pytest.mark.parametrize("big", [False, True], ids=["small", "12mp"])
 def test_exif_orientations_give_the_upright_image(photo, big):
     upright = photo.resize((4032, 3024), Image.Resampling.BILINEAR) if big else photo
-    ref = _upright_reference(upright, (1008, 756) if big else upright.size)
+    ref = _upright_reference(upright, (504, 378) if big else upright.size)
     for o in range(1, 9):
         stored = upright if o == 1 else upright.transpose(_INVERSE[o])
         assert stored.size == (upright.size if o < 5 else upright.size[::-1])
         img = load_image(_jpeg(stored, orientation=o, quality=85), CFG)
         assert img.size[0] > img.size[1], (o, img.size)  # landscape again
         if big:
-            assert img.size == (1008, 756), (o, img.size)  # drafted at 1/4
+            assert img.size == (504, 378), (o, img.size)  # drafted at 1/8
         got = np.asarray(img, dtype=np.float32)
         err = float(np.abs(got - ref).mean())
         # a wrong orientation (e.g. a mirror) of the same photo is far off
@@ -158,7 +161,7 @@ def test_12mp_embedding_matches_full_decode():
         ref = load_image(data, cfg, draft=False)  # full-size decode, EXIF applied
         assert ref.size == (4032, 3024)
         full.append(np.asarray(resize_crop(ref, cfg), dtype=np.uint8))
-        assert load_image(data, cfg).size == (1008, 756)
+        assert load_image(data, cfg).size == (504, 378)  # 1/8 scale
     a = emb.embed_images(photos)  # drafted decode
     b = emb.embed_images(full)    # the full-quality path
     cos = (a * b).sum(1)
