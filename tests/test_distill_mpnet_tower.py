@@ -109,8 +109,13 @@ def test_caption_cache_and_training(tiny_data, tmp_path, monkeypatch):
     assert res2["best_mean_recall"] == pytest.approx(res["best_mean_recall"])
 
 
-def test_a_student_distils_from_an_mpnet_teacher(tiny_data, tmp_path):
+def test_a_student_distils_from_an_mpnet_teacher(tiny_data, tmp_path, monkeypatch):
     train(_cfg(tiny_data, tmp_path / "teacher", epochs=2))
+
+    # the teacher's caption features come from the cache its training wrote: MPNet never reruns
+    def boom(*a, **k):
+        raise AssertionError("the frozen encoder ran although its features were cached")
+    monkeypatch.setattr(mpnet_tower.MpnetFrozenTower, "sentence_features", boom)
     cfg = load_config(None, [f'run.out="{tmp_path / "student"}"', 'model.name="tiny-test"',
                              "model.pretrained=false", f'data.root="{tiny_data}"',
                              f'data.cache_dir="{tiny_data / "cache"}"',

@@ -123,6 +123,12 @@ def teacher_embeddings(teacher, ds: PairDataset, cache_dir, batch_size: int = 64
                                f"teacher images ({teacher.name})")
     dim = next((x.shape[0] for x in imgs if x is not None), teacher.embed_dim)
     image = np.stack([x if x is not None else np.zeros(dim, np.float32) for x in imgs])
+    if model is not None and getattr(getattr(model, "text_encoder", None), "frozen_features",
+                                     False):
+        # a frozen text tower (e.g. all-mpnet-base-v2): its caption features are cached on disk
+        # by the teacher's own training; load them instead of running the encoder again
+        from .mpnet_tower import prime_text_cache
+        prime_text_cache(model, ds.captions, cache_dir)
     texts = []
     for s in tqdm(range(0, len(ds.captions), 256), desc="teacher captions", leave=False):
         ids, mask = teacher.tokenize(ds.captions[s:s + 256])
