@@ -130,3 +130,26 @@ def test_a_student_distils_from_an_mpnet_teacher(tiny_data, tmp_path, monkeypatc
     t = load_file(str(tfiles[0]))
     assert t["text"].shape == (73, 32) and np.allclose(np.linalg.norm(t["text"], axis=1), 1,
                                                         atol=1e-4)
+
+
+def test_an_mpnet_teacher_exports_to_onnx(tmp_path):
+    """The frozen encoder is traced into the text graph (for timing a teacher beside students):
+    the exported graph embeds captions as the torch model does."""
+    pytest.importorskip("skimage", reason="verification photos come with scikit-image")
+    from edgeclip import Embedder
+    from edgeclip.export.pipeline import export_dual_encoder
+    model = _model().eval()
+    report = export_dual_encoder(model, tmp_path / "b", ("fp32",), "cpu", log=lambda *_: None)
+    assert report["passed"]
+    texts = ["a dog runs on the beach", "two children play football in a park"]
+    ids, mask = _tokens(model, texts)
+    with torch.no_grad():
+        ref = model.encode_text(ids, mask).numpy()
+    with Embedder(tmp_path / "b", backend="onnxruntime", threads=1) as e:
+        got = e.embed_texts(texts)
+    np.testing.assert_allclose((got * ref).sum(1), 1.0, atol=1e-5)
+    import onnx
+    g = onnx.load(str(tmp_path / "b" / "text.fp32.onnx"))
+    n_weights = sum(int(np.prod(t.dims)) for t in g.graph.initializer)
+    n_mpnet = sum(p.numel() for p in model.text_encoder.encoder().parameters())
+    assert n_weights >= n_mpnet  # the frozen MPNet is in the graph, not left out

@@ -127,10 +127,24 @@ class MpnetFrozenTower(nn.Module):
                 self._memo[keys[r]] = x
         return torch.from_numpy(np.stack([self._memo[k] for k in keys])).to(ids.device)
 
+    def prepare_export(self) -> None:
+        """Load the frozen encoder now, before an export traces :meth:`forward`."""
+        self.encoder()
+
+    def traceable_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`sentence_features` in torch ops only (no memo, no data-dependent slicing):
+        what an ONNX export traces. The frozen weights become the graph's initializers."""
+        h = self.encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        return F.normalize(_masked_mean(h.float(), mask), dim=-1)
+
     # -- the trainable part ----------------------------------------------------------------
     def forward(self, input_ids, attention_mask):
-        f = input_ids if input_ids.is_floating_point() else self.features(input_ids,
-                                                                          attention_mask)
+        if input_ids.is_floating_point():
+            f = input_ids
+        elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            f = self.traceable_features(input_ids, attention_mask)
+        else:
+            f = self.features(input_ids, attention_mask)
         return F.normalize(self.proj(f.to(self.proj_dtype())), dim=-1)
 
     def proj_dtype(self):

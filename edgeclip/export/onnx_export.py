@@ -87,6 +87,9 @@ def export_tower(model: nn.Module, tower: str, path: str | Path, opset: int = MI
                           f"(LayerNormalization). Set opset = {MIN_OPSET} or higher.")
     path = Path(path)
     module = tower_module(model, tower)
+    for m in module.modules():  # e.g. a frozen text encoder loaded on first use: not in the trace
+        if hasattr(m, "prepare_export"):
+            m.prepare_export()
     inputs, outputs = IO_NAMES[tower]
     dyn = {name: {0: "batch"} for name in inputs + outputs}
     with torch.no_grad(), warnings.catch_warnings():
