@@ -14,6 +14,7 @@
 #   mpnet       model.name="lite2-mpnet" (frozen all-mpnet-base-v2 + linear head; needs the
 #               pieces: EDGECLIP_MPNET_PARTS or the installed wheels, see edgeclip/distill/mpnet.py)
 #   mpnet-aug1  both
+#   mpnet-mlp-aug1  mpnet-aug1 with a two-layer head (hidden 1024) on the frozen MPNet features
 #   unfreeze16  model.config.image.freeze_blocks=16 (another prefix cache)
 set -euo pipefail
 RUNS="${RUNS:-runs/r2}"
@@ -30,6 +31,7 @@ declare -A EXTRA=(
   [aug4]="--set data.augment_views=4"
   [mpnet]="--set model.name=\"lite2-mpnet\""
   [mpnet-aug1]="--set model.name=\"lite2-mpnet\" --set data.augment_views=1"
+  [mpnet-mlp-aug1]="--set model.name=\"lite2-mpnet\" --set data.augment_views=1 --set model.config.text.head_hidden=1024"
   [unfreeze16]="--set model.config.image.freeze_blocks=16"
 )
 for name in "${@:-base aug1}"; do
