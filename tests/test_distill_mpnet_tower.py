@@ -153,3 +153,21 @@ def test_an_mpnet_teacher_exports_to_onnx(tmp_path):
     n_weights = sum(int(np.prod(t.dims)) for t in g.graph.initializer)
     n_mpnet = sum(p.numel() for p in model.text_encoder.encoder().parameters())
     assert n_weights >= n_mpnet  # the frozen MPNet is in the graph, not left out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong_shape", "pickle"])
+def test_damaged_caption_cache_is_recomputed(tmp_path, damage):
+    model = _model()
+    tower = model.text_encoder
+    ids, mask = _tokens(model, ["a dog runs", "two children play in a park", "a red car"])
+    good = mpnet_tower.caption_features(tower, ids, mask, tmp_path)
+    (path,) = tmp_path.glob("textfeat-*.npy")
+    if damage == "truncated":  # a disk that filled up mid-write of an older version
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "wrong_shape":
+        np.save(path, np.zeros((2, 5), np.float32))
+    else:  # never unpickled
+        np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    again = mpnet_tower.caption_features(tower, ids, mask, tmp_path)
+    np.testing.assert_allclose(again, good, atol=1e-6)
+    np.testing.assert_allclose(np.load(path), good, atol=1e-6)  # the file was replaced

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _masked_mean(hidden, mask):
@@ -164,7 +167,14 @@ def caption_features(tower: MpnetFrozenTower, ids: torch.Tensor, mask: torch.Ten
     key = _key("textfeat", "mpnet-mean-l2", tower.weights_id, tokens, ids_np.shape)
     path = cache_dir / f"textfeat-{key}.npy"
     if path.is_file():
-        return np.load(path)
+        try:
+            cached = np.load(path)  # never pickles (allow_pickle=False)
+            if cached.shape == (len(ids_np), tower.feat_dim) and cached.dtype == np.float32:
+                return cached
+        except (OSError, ValueError, EOFError):
+            pass
+        # damaged (e.g. a disk that filled up) or foreign: recompute, then replace it atomically
+        log.warning("%s: unreadable or the wrong shape; recomputing the caption features", path)
     out = np.zeros((len(ids_np), tower.feat_dim), np.float32)
     order = np.argsort(mask_np.sum(1), kind="stable")  # similar lengths together: less padding
     for s in tqdm(range(0, len(order), batch_size), desc="mpnet caption features", leave=False):
