@@ -87,6 +87,20 @@ def main(argv=None) -> None:
         result["largest_seed_range_cona_fd"] = spread
         lines.append(f"\n`cona` - `fd` (means): {gap:+.2f}; the larger seed range of the two: {spread:.2f}; "
                      f"teacher {teacher:.1f}.")
+    # every run: dev mean recall per epoch (what chose its checkpoint) and test
+    lines += ["", "| run | dev mean recall per epoch | test t2i R@1 | test i2t R@1 | test mean recall |",
+              "| --- | --- | --- | --- | --- |"]
+    result["runs"] = {}
+    for p in sorted(R2.glob("*.test.json")):
+        name = p.name[:-len(".test.json")]
+        m = R2 / "metrics" / f"{name}.jsonl"
+        if not m.is_file():
+            continue  # exports and teachers have no student metrics here
+        dev = [json.loads(line)["mean_recall"] for line in open(m) if "mean_recall" in line]
+        r = load(p)
+        result["runs"][name] = {"dev_mean_recall_per_eval": dev, **r}
+        lines.append(f"| `{name}` | {', '.join(f'{x:.2f}' for x in dev)} | {r['t2i_r1']:.1f} | "
+                     f"{r['i2t_r1']:.1f} | {r['mean_recall']:.1f} |")
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print("\n".join(lines))
 
