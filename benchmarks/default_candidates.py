@@ -35,10 +35,20 @@ SEARCH_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
 
 
 def best_dev(run: Path) -> float:
-    vals = [json.loads(line)["mean_recall"] for line in open(run / "metrics.jsonl")
-            if "mean_recall" in line]
+    metrics, ckpt = run / "metrics.jsonl", run / "best" / "model.safetensors"
+    if not metrics.is_file() or not ckpt.is_file():
+        raise SystemExit(f"{run}: not a finished `edgeclip distill` run (needs metrics.jsonl and "
+                         "best/model.safetensors); pass run directories such as runs/r2x/student-cona")
+    vals = []
+    for n, line in enumerate(open(metrics), 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise SystemExit(f"{metrics}:{n}: not a JSON line (damaged file?); rerun or remove the run") from None
+        if "mean_recall" in rec:
+            vals.append(float(rec["mean_recall"]))
     if not vals:
-        raise SystemExit(f"{run}/metrics.jsonl has no dev evaluation")
+        raise SystemExit(f"{metrics} has no dev evaluation (train.eval_every_epochs=0?)")
     return max(vals)
 
 
@@ -47,8 +57,10 @@ def export_fp32(run: Path) -> Path:
     ckpt = run / "best"
     if not ((out / "manifest.json").is_file()
             and (out / "manifest.json").stat().st_mtime > (ckpt / "model.safetensors").stat().st_mtime):
-        subprocess.run(["edgeclip", "export", str(ckpt), "--out", str(out), "--precision", "fp32"],
-                       check=True, stdout=subprocess.DEVNULL)
+        r = subprocess.run(["edgeclip", "export", str(ckpt), "--out", str(out), "--precision", "fp32"],
+                           stdout=subprocess.DEVNULL)
+        if r.returncode:
+            raise SystemExit(f"{ckpt}: `edgeclip export` failed (its message is above)")
     return out
 
 

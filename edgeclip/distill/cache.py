@@ -90,6 +90,15 @@ def _save_atomic(path: Path, writer) -> None:
     os.replace(tmp, path)
 
 
+def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` to ``path`` through a temporary file that is closed before it replaces ``path``
+    (``np.save`` on a file name would append ``.npy`` to the temporary name)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    _save_atomic(path, write)
+
+
 def teacher_embeddings(teacher, ds: PairDataset, cache_dir, batch_size: int = 64,
                        workers: int = 0) -> dict:
     """{"image": (Ni, D) float32, "text": (Nc, D) float32, "ok": (Ni,) bool}, cached."""
@@ -166,7 +175,7 @@ def prefix_features(tower, preprocess, ds: PairDataset, cache_dir, batch_size: i
     arr.flush()
     del arr
     os.replace(str(path) + ".tmp.npy", path)
-    _save_atomic(ok_path, lambda p: np.save(open(p, "wb"), ok))
+    _save_npy_atomic(ok_path, ok)
     return {"features": np.load(path, mmap_mode="r"), "ok": ok, "path": path}
 
 

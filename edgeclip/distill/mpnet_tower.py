@@ -158,7 +158,7 @@ def caption_features(tower: MpnetFrozenTower, ids: torch.Tensor, mask: torch.Ten
                      batch_size: int = 128) -> np.ndarray:
     """The frozen sentence features of every token row, (N, 768) float32, cached on disk
     (keyed by the weights' sha256 and the token ids, so by tokenizer, captions and length)."""
-    from .cache import _key, _save_atomic
+    from .cache import _key, _save_npy_atomic
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,7 @@ def caption_features(tower: MpnetFrozenTower, ids: torch.Tensor, mask: torch.Ten
     for s in tqdm(range(0, len(order), batch_size), desc="mpnet caption features", leave=False):
         rows = torch.from_numpy(order[s:s + batch_size])
         out[rows.numpy()] = tower.sentence_features(ids[rows], mask[rows]).cpu().numpy()
-    _save_atomic(path, lambda p: np.save(open(p, "wb"), out))
+    _save_npy_atomic(path, out)
     return out
 
 
