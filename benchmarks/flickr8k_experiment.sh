@@ -7,6 +7,9 @@
 #   ROUND=2 bash benchmarks/flickr8k_experiment.sh  round 2 (issue 17): the teacher with a frozen
 #                                                     all-mpnet-base-v2 text tower and one
 #                                                     augmented view, 8 epochs; runs in runs/r2x
+#   ROUND=3 bash benchmarks/flickr8k_experiment.sh  round 3: round 2's teacher with all 5 captions
+#                                                     of each image in every step and its unfrozen
+#                                                     Lite2 blocks at lr x0.3; runs in runs/r3x
 # Env: DATA (default ../shared/data/flickr8k), RUNS (runs; round 2: runs/r2x), LANES (students
 # trained at once, default 2, each with THREADS=1 thread: on a small CPU two 1-thread runs beat
 # one 2-thread run), SKIP_TEACHER=1 to reuse $TEACHER (default $RUNS/teacher/best),
@@ -19,6 +22,9 @@ ROUND="${ROUND:-1}"
 if [ "$ROUND" = 2 ]; then
   RUNS="${RUNS:-runs/r2x}"
   TEACHER_SETS="${TEACHER_SETS:---set 'model.name=\"lite2-mpnet\"' --set data.augment_views=1 --set train.epochs=8 --set train.eval_every_epochs=2}"
+elif [ "$ROUND" = 3 ]; then
+  RUNS="${RUNS:-runs/r3x}"
+  TEACHER_SETS="${TEACHER_SETS:---set 'model.name=\"lite2-mpnet\"' --set data.augment_views=1 --set data.captions_per_image=5 --set train.backbone_lr_mult=0.3 --set train.epochs=8 --set train.eval_every_epochs=2}"
 fi
 RUNS="${RUNS:-runs}"
 LANES="${LANES:-2}"

@@ -16,6 +16,9 @@
 #   mpnet-aug1  both
 #   mpnet-mlp-aug1  mpnet-aug1 with a two-layer head (hidden 1024) on the frozen MPNet features
 #   unfreeze16  model.config.image.freeze_blocks=16 (another prefix cache)
+#   mpnet-k5-aug1       mpnet-aug1 with all 5 captions of each image in every step
+#                       (data.captions_per_image=5; grouped InfoNCE, edgeclip/distill/losses.py)
+#   mpnet-k5-aug1-m03   the same with the unfrozen Lite2 blocks at lr x0.3 (x0.1 otherwise)
 set -euo pipefail
 RUNS="${RUNS:-runs/r2}"
 EPOCHS="${EPOCHS:-2}"
@@ -33,6 +36,8 @@ declare -A EXTRA=(
   [mpnet-aug1]="--set model.name=\"lite2-mpnet\" --set data.augment_views=1"
   [mpnet-mlp-aug1]="--set model.name=\"lite2-mpnet\" --set data.augment_views=1 --set model.config.text.head_hidden=1024"
   [unfreeze16]="--set model.config.image.freeze_blocks=16"
+  [mpnet-k5-aug1]="--set model.name=\"lite2-mpnet\" --set data.augment_views=1 --set data.captions_per_image=5"
+  [mpnet-k5-aug1-m03]="--set model.name=\"lite2-mpnet\" --set data.augment_views=1 --set data.captions_per_image=5 --set train.backbone_lr_mult=0.3"
 )
 for name in "${@:-base aug1}"; do
   for p in $name; do

@@ -99,3 +99,52 @@ def test_presets_drop_and_set():
         ConaGraph(resolve_edges({"preset": "fd"}), 8, None)
     with pytest.raises(ConfigError, match="key.path=value"):
         apply_set({}, "novalue")
+
+
+def _grouped_reference(img, txt, group, s):
+    """infonce_grouped written out pair by pair."""
+    B, M = img.shape[0], txt.shape[0]
+    sim = (img @ txt.T * s).tolist()
+    t2i = [-(sim[group[j]][j] - math.log(sum(math.exp(sim[i][j]) for i in range(B))))
+           for j in range(M)]
+    i2t = []
+    for j in range(M):
+        i = group[j]
+        den = [sim[i][k] for k in range(M) if k == j or group[k] != i]
+        i2t.append(-(sim[i][j] - math.log(sum(math.exp(v) for v in den))))
+    return 0.5 * (sum(t2i) / M + sum(i2t) / M)
+
+
+def test_grouped_infonce_is_infonce_with_one_caption_and_matches_reference():
+    torch.manual_seed(3)
+    img = F.normalize(torch.randn(4, 8), dim=-1)
+    txt = F.normalize(torch.randn(4, 8), dim=-1)
+    assert float(L.infonce_grouped(img, txt, torch.arange(4), 12.0)) == pytest.approx(
+        float(L.infonce(img, txt, 12.0)), rel=1e-6)
+    group = [0, 0, 0, 1, 2, 2, 3, 3, 3]  # uneven: image 1 has one caption
+    txt = F.normalize(torch.randn(len(group), 8), dim=-1)
+    got = float(L.infonce_grouped(img, txt, torch.tensor(group), 12.0))
+    assert got == pytest.approx(_grouped_reference(img, txt, group, 12.0), rel=1e-5)
+
+
+def test_grouped_infonce_does_not_push_an_images_captions_apart():
+    """Two identical captions of one image: the image->text term must not treat either as the
+    other's negative (the loss is the one-caption loss, and the gradient is symmetric)."""
+    torch.manual_seed(4)
+    img = F.normalize(torch.randn(3, 8), dim=-1)
+    base = F.normalize(torch.randn(3, 8), dim=-1)
+    twice = torch.cat([base[:1], base]).requires_grad_(True)  # caption 0 and 1 are equal
+    loss = L.infonce_grouped(img, twice, torch.tensor([0, 0, 1, 2]), 10.0)
+    loss.backward()
+    assert torch.allclose(twice.grad[0], twice.grad[1], atol=1e-7)
+    # the same loss as the plain one of the unique pairs, reweighted (image 0 counted twice)
+    ref = _grouped_reference(img, twice.detach(), [0, 0, 1, 2], 10.0)
+    assert float(loss.detach()) == pytest.approx(ref, rel=1e-5)
+
+
+def test_captions_per_image_needs_the_clip_edge_only():
+    from edgeclip.distill.graph import check_captions_per_image
+    check_captions_per_image(resolve_edges({"preset": "clip"}), 5)
+    check_captions_per_image(resolve_edges({"preset": "cona"}), 1)
+    with pytest.raises(ConfigError, match=r"captions_per_image = 5 .*TI-SI/fd"):
+        check_captions_per_image(resolve_edges({"preset": "cona"}), 5)

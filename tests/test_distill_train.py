@@ -150,3 +150,65 @@ def test_teacher_cache_reuses_prefix_and_matches_teacher(tiny_data, tmp_path):
     assert abs(got["text"][:2] - tt).max() < 1e-5
     again = teacher_embeddings(teacher, ds, tmp_path / "cache")  # cache hit, same values
     assert (again["image"] == got["image"]).all() and str(again["path"]) == str(got["path"])
+
+
+def test_captions_per_image_plan_and_training(tiny_data, tmp_path):
+    """K captions per image: each step's text rows are K distinct captions of each image (all of
+    them when it has fewer), the plan is a function of (seed, epoch), and the clip teacher
+    recipe trains on it; other presets and bad values are refused with the key named."""
+    from edgeclip.distill.trainer import Trainer
+    from edgeclip.errors import ConfigError
+    cfg = _cfg(tiny_data, tmp_path / "k2", preset="clip", epochs=12, lr=3e-3)
+    cfg["data"]["captions_per_image"] = 2
+    tr = Trainer(cfg)
+    _imgs, pick = tr._epoch_plan(0)
+    assert pick.shape == (len(tr.ds), 2)
+    for i, (a, b) in enumerate(pick):
+        own = set(range(tr.ds.caption_offsets[i], tr.ds.caption_offsets[i + 1]))
+        if len(own) >= 2:
+            assert a != b and {a, b} <= own
+        else:  # one caption (the broken image's row): it, then nothing
+            assert a in own and b == -1
+    assert (Trainer(cfg)._epoch_plan(0)[1] == pick).all()
+    assert not (tr._epoch_plan(1)[1] == pick).all()
+    img, _fp, ids, _mask, _t, _e, group = tr._batch(0)
+    n = img.shape[0]  # 8, or 7 when the broken image (dropped when decoded) is in the batch
+    assert n >= 7 and ids.shape[0] == 2 * n and group.tolist() == sorted(list(range(n)) * 2)
+    res = tr.fit()
+    losses = _losses(tmp_path / "k2")
+    assert res["steps"] == 36 and losses[max(losses)] < losses[1] - 0.2, losses
+    cfg4 = _cfg(tiny_data, tmp_path / "k4", preset="clip", max_steps=1)
+    cfg4["data"]["captions_per_image"] = 4  # more than the 3 each image has: all 3
+    b4 = Trainer(cfg4)._batch(0)
+    assert b4[2].shape[0] == 3 * b4[0].shape[0]
+    for bad, match in ((0, "positive integer"), ("2", "positive integer")):
+        c = _cfg(tiny_data, tmp_path / "bad", preset="clip")
+        c["data"]["captions_per_image"] = bad
+        with pytest.raises(ConfigError, match=match):
+            Trainer(c)
+    c = _cfg(tiny_data, tmp_path / "bad", preset="cona")
+    c["data"]["captions_per_image"] = 2
+    with pytest.raises(ConfigError, match="SI-ST InfoNCE edge only"):
+        Trainer(c)
+
+
+def test_ddp_with_captions_per_image_matches_single(tiny_data, tmp_path):
+    """Two processes x 4 images (x 2 captions) == one process x 8: the caption -> image map is
+    offset by each rank's images when the features are all-gathered."""
+    sets = ['model.name="tiny-test"', "model.pretrained=false", f'data.root="{tiny_data}"',
+            f'data.cache_dir="{tiny_data / "cache"}"', 'loss.preset="clip"',
+            "data.captions_per_image=2", "train.batch_size=8", "train.max_steps=1",
+            "train.epochs=3", "train.log_every=1", "train.eval_every_epochs=0",
+            "train.threads=1", "train.warmup_steps=2"]
+    train(load_config(None, sets + [f'run.out="{tmp_path / "one"}"']))
+    cfg = tmp_path / "ddp.toml"
+    cfg.write_text("")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        "--master_port=29534", "-m", "edgeclip.distill", "--config", str(cfg),
+                        *[f"--set={s}" for s in sets + [f'run.out="{tmp_path / "two"}"']]],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert set(a) == set(b) == {1}
+    assert b[1] == pytest.approx(a[1], rel=1e-5), (a, b)

@@ -103,6 +103,20 @@ def needs_teacher(edges: dict) -> bool:
                for name, e in edges.items())
 
 
+def check_captions_per_image(edges: dict, k: int) -> None:
+    """Several captions per image in a step (``data.captions_per_image`` > 1) give the student
+    text node more rows than the image nodes; only the SI-ST InfoNCE edge (the ``clip`` preset,
+    how a teacher is trained) is defined for that. Anything else: one clear ConfigError."""
+    if k <= 1:
+        return
+    other = [f"{n}/{x['type']}" for n, e in edges.items() for x in e["losses"]
+             if (n, x["type"]) != ("SI-ST", "infonce")]
+    if other:
+        raise ConfigError(f"data.captions_per_image = {k} works with the SI-ST InfoNCE edge only "
+                          f"(loss.preset = 'clip'); these edges need one caption per image: "
+                          f"{', '.join(other)}. Set data.captions_per_image = 1")
+
+
 class ConaGraph(nn.Module):
     """Holds learnable temperatures and projections; ``forward(feats)`` -> (total, parts)."""
 
@@ -130,7 +144,9 @@ class ConaGraph(nn.Module):
         return x
 
     def forward(self, f: dict) -> tuple[torch.Tensor, dict]:
-        """``f`` maps node -> (B, D) features (TI/TT may be absent for 'clip')."""
+        """``f`` maps node -> (B, D) features (TI/TT may be absent for 'clip'); with several
+        captions per image, ST is (M, D) and ``f["group"]`` (M,) maps each caption to its image
+        row (see :func:`check_captions_per_image`)."""
         parts: dict[str, torch.Tensor] = {}
         total = None
         for name, e in self.edges.items():
@@ -155,6 +171,8 @@ class ConaGraph(nn.Module):
             return L.sd(Y @ X.T, Tm @ X.T, float(x["temperature"]))
         if a != b:  # SI-ST
             if t == "infonce":
+                if f.get("group") is not None:
+                    return L.infonce_grouped(f["SI"], f["ST"], f["group"], self._scale(name, i))
                 return L.infonce(f["SI"], f["ST"], self._scale(name, i))
             if t == "fd":
                 return L.fd(f["SI"], f["ST"])

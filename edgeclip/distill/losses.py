@@ -15,6 +15,25 @@ def infonce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def infonce_grouped(image: torch.Tensor, text: torch.Tensor, group: torch.Tensor,
+                    logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE with several captions per image (``data.captions_per_image``):
+    ``image`` (B, D), ``text`` (M, D), ``group`` (M,) the row of ``image`` each caption belongs to.
+
+    text->image: CE over the B images, target ``group[j]``. image->text: one term per
+    (image, caption) pair, the CE of that caption against every caption of OTHER images (the
+    image's other captions are left out of the denominator, not pushed away). With one caption
+    per image (``group = arange(B)``) this is :func:`infonce` exactly."""
+    logits = logit_scale * image @ text.T  # (B, M)
+    t2i = F.cross_entropy(logits.T, group)
+    rows = logits[group]  # (M, M): row j = logits of caption j's image over every caption
+    same = group[:, None] == group[None, :]
+    eye = torch.eye(len(group), dtype=torch.bool, device=group.device)
+    rows = rows.masked_fill(same & ~eye, float("-inf"))
+    i2t = F.cross_entropy(rows, torch.arange(len(group), device=group.device))
+    return 0.5 * (t2i + i2t)
+
+
 def fd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Feature distance: mean over the batch of ||normalize(s) - t||^2 (0 when equal)."""
     return (F.normalize(student, dim=-1) - teacher).pow(2).sum(-1).mean()

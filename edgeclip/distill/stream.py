@@ -135,4 +135,4 @@ class ShardStream:
                                                    torch.from_numpy(tmask).to(self.device)
                                                    ).float()
         return (b["pixels"].to(self.device), False, torch.from_numpy(ids).to(self.device),
-                torch.from_numpy(mask).to(self.device), t, epoch)
+                torch.from_numpy(mask).to(self.device), t, epoch, None)

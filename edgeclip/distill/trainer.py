@@ -3,7 +3,9 @@ JSONL metrics, checkpoints that resume exactly, DDP under ``torchrun`` (features
 for the contrastive and similarity edges).
 
 Data order is a pure function of (seed, epoch): a permutation per epoch and one caption drawn
-per image per epoch, so a resumed run sees the same batches as an uninterrupted one.
+per image per epoch (``data.captions_per_image = K``: K distinct captions, for the ``clip`` preset
+only; see :func:`.graph.check_captions_per_image`), so a resumed run sees the same batches as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .cache import pixel_batches, prefix_features, teacher_embeddings
 from .checkpoint import save_dual_encoder
 from .data import open_dataset
 from .evaluate import evaluate_model
-from .graph import ConaGraph, needs_teacher, resolve_edges
+from .graph import ConaGraph, check_captions_per_image, needs_teacher, resolve_edges
 from .models import build_student
 from .teachers import load_teacher
 from .tokens import load_tokenizer, tokenize
@@ -75,11 +77,18 @@ class TrainModule(nn.Module):
         super().__init__()
         self.student, self.graph, self.dist = student, graph, dist_
 
-    def forward(self, image_in, from_prefix: bool, ids, mask, teacher_feats: dict):
+    def forward(self, image_in, from_prefix: bool, ids, mask, teacher_feats: dict, group=None):
         enc = self.student.image_encoder
         si = enc.tail(image_in) if from_prefix else enc(image_in)
         st = self.student.text_encoder(ids, mask)
         f = {"SI": self.dist.gather(si.float()), "ST": self.dist.gather(st.float())}
+        if group is not None:  # several captions per image: caption -> image row, global
+            if self.dist.on:
+                n = torch.tensor([si.shape[0]], device=si.device)
+                sizes = [torch.zeros_like(n) for _ in range(self.dist.world)]
+                dist.all_gather(sizes, n)
+                group = group + int(sum(int(x) for x in sizes[:self.dist.rank]))
+            f["group"] = self.dist.gather(group)
         for k, v in teacher_feats.items():
             f[k] = self.dist.gather(v)
         return self.graph(f)
@@ -175,11 +184,20 @@ class Trainer:
         self.model = build_student(mc["name"], pretrained=bool(mc["pretrained"]),
                                    overrides=mc.get("config") or None)
         self.edges = resolve_edges(cfg["loss"])
+        k = cfg["data"].get("captions_per_image", 1)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"data.captions_per_image must be a positive integer, got {k!r}")
+        check_captions_per_image(self.edges, k)
+        self.caps_per_image = k
         self.cache_dir = Path(cfg["data"]["cache_dir"])
         self.workers = int(cfg["data"]["workers"])
         from .stream import ShardStream, use_stream
         self.stream = None
         if use_stream(cfg["data"]):  # tar shards: streamed (webdataset), nothing cached
+            if k > 1:
+                raise ConfigError("data.captions_per_image > 1 needs an indexed dataset; "
+                                  "streamed tar shards give one caption per sample: set "
+                                  "data.stream = false or data.captions_per_image = 1")
             teacher = None
             if needs_teacher(self.edges):
                 _check_teacher(cfg.get("teacher") or {})
@@ -276,8 +294,16 @@ class Trainer:
             local = perm[self.d.rank::self.d.world][:self.mb_per_epoch * self.local_b]
             rng = np.random.default_rng([self.seed, epoch])
             n_caps = np.diff(self.ds.caption_offsets)
-            pick = self.ds.caption_offsets[:-1] + (rng.random(len(n_caps)) * n_caps).astype(
-                np.int64)
+            if self.caps_per_image == 1:
+                pick = self.ds.caption_offsets[:-1] + (rng.random(len(n_caps)) * n_caps).astype(
+                    np.int64)
+            else:  # (images, K): K distinct captions per image in random order, -1 past its own
+                owner = np.repeat(np.arange(len(n_caps)), n_caps)
+                order = np.lexsort((rng.random(len(owner)), owner))  # by image, then random
+                rank = np.arange(len(owner)) - self.ds.caption_offsets[:-1][owner]
+                keep = rank < self.caps_per_image
+                pick = -np.ones((len(n_caps), self.caps_per_image), np.int64)
+                pick[owner[keep], rank[keep]] = order[keep]
             self._epoch_cache = {epoch: (self.usable[local], pick)}
         return self._epoch_cache[epoch]
 
@@ -297,13 +323,17 @@ class Trainer:
             got, pix, _bad = next(iter(pixel_batches(self.ds, self.model.preprocess, len(idx),
                                                      self.workers, indices=idx)))
             idx, image_in, from_prefix = np.asarray(got, np.int64), pix, False
-        caps = pick[idx]
+        caps, group = pick[idx], None
+        if caps.ndim == 2:  # several captions per image: flatten, remember each one's image row
+            valid = caps >= 0
+            group = torch.from_numpy(np.nonzero(valid)[0]).to(self.device)
+            caps = caps[valid]
         t = {}
         if self.tfeat is not None:
             t = {"TI": torch.from_numpy(self.tfeat["image"][idx]).to(self.device),
                  "TT": torch.from_numpy(self.tfeat["text"][caps]).to(self.device)}
         return (image_in.to(self.device), from_prefix, self.ids[caps].to(self.device),
-                self.mask[caps].to(self.device), t, epoch)
+                self.mask[caps].to(self.device), t, epoch, group)
 
     # -- state -------------------------------------------------------------------------------
     def save(self, name: str, with_state: bool = True) -> Path:
@@ -437,9 +467,10 @@ class Trainer:
             parts_sum: dict = {}
             loss_sum = 0.0
             for a in range(self.accum):
-                image_in, from_prefix, ids, mask, tf, epoch = self._batch(self.step * self.accum + a)
+                image_in, from_prefix, ids, mask, tf, epoch, group = self._batch(
+                    self.step * self.accum + a)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    loss, parts = self.ddp(image_in, from_prefix, ids, mask, tf)
+                    loss, parts = self.ddp(image_in, from_prefix, ids, mask, tf, group)
                 (loss / self.accum).backward()
                 loss_sum += float(loss.detach()) / self.accum
                 for k, v in parts.items():
