@@ -110,6 +110,11 @@ def test_training_streams_shards(data, tmp_path, monkeypatch):
     modes = [k.get("mode", a[1] if len(a) > 1 else "r") for a, k in opened]
     assert modes and all(m.startswith("r|") for m in modes), modes
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    # several captions per image need the indexed path: refused with the fix named
+    from edgeclip.errors import ConfigError as _CE
+    with pytest.raises(_CE, match="captions_per_image > 1 needs an indexed dataset"):
+        train(load_config(None, sets + [f'run.out="{tmp_path / "k2"}"', 'loss.preset="clip"',
+                                        "data.captions_per_image=2"]))
     # without sizes.json the epoch length must be given
     (shards / "train" / "sizes.json").rename(shards / "train" / "sizes.bak")
     try:
