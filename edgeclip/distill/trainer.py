@@ -52,10 +52,11 @@ class _Dist:
         if self.on:
             dist.barrier()
 
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``x`` from every rank (rows may differ); the local part keeps its grad."""
+    def gather(self, x: torch.Tensor, with_sizes: bool = False):
+        """Concatenate ``x`` from every rank (rows may differ); the local part keeps its grad.
+        ``with_sizes``: also return every rank's row count, in rank order."""
         if not self.on:
-            return x
+            return (x, [x.shape[0]]) if with_sizes else x
         n = torch.tensor([x.shape[0]], device=x.device)
         sizes = [torch.zeros_like(n) for _ in range(self.world)]
         dist.all_gather(sizes, n)
@@ -67,7 +68,8 @@ class _Dist:
         dist.all_gather(buf, torch.cat([x.detach(), pad]))
         parts = [b[:s] for b, s in zip(buf, sizes)]
         parts[self.rank] = x
-        return torch.cat(parts)
+        out = torch.cat(parts)
+        return (out, sizes) if with_sizes else out
 
 
 class TrainModule(nn.Module):
@@ -81,14 +83,10 @@ class TrainModule(nn.Module):
         enc = self.student.image_encoder
         si = enc.tail(image_in) if from_prefix else enc(image_in)
         st = self.student.text_encoder(ids, mask)
-        f = {"SI": self.dist.gather(si.float()), "ST": self.dist.gather(st.float())}
+        si_all, n_images = self.dist.gather(si.float(), with_sizes=True)
+        f = {"SI": si_all, "ST": self.dist.gather(st.float())}
         if group is not None:  # several captions per image: caption -> image row, global
-            if self.dist.on:
-                n = torch.tensor([si.shape[0]], device=si.device)
-                sizes = [torch.zeros_like(n) for _ in range(self.dist.world)]
-                dist.all_gather(sizes, n)
-                group = group + int(sum(int(x) for x in sizes[:self.dist.rank]))
-            f["group"] = self.dist.gather(group)
+            f["group"] = self.dist.gather(group + sum(n_images[:self.dist.rank]))
         for k, v in teacher_feats.items():
             f[k] = self.dist.gather(v)
         return self.graph(f)
