@@ -3,6 +3,8 @@
 # staging export with FP32 for verification, test-split R@K of FP32 vs INT8 vs FP16 through
 # Embedder, the shipped bundle (FP16 for TensorRT + CPU INT8), and the latency of teacher vs student.
 #   bash benchmarks/ship_default.sh        (after benchmarks/flickr8k_experiment.sh)
+#   the WiSE merge (benchmarks/wise_sweep.py): RUNS=runs/r3x OUT=benchmarks/results/flickr8k-wise \
+#     BEST=runs/r3x/cona-no-intra_ss-wise/a0.7/best BENCH=0 bash benchmarks/ship_default.sh
 #   round 2 (issue 17): RUNS=runs/r2x TEACHER=runs/r2/mpnet-aug1-e8/best \
 #     OUT=benchmarks/results/flickr8k-r2 bash benchmarks/ship_default.sh
 # Env: BEST (a checkpoint dir; default: the dev-best student under $RUNS that passes the demo
@@ -40,16 +42,17 @@ done
 # 3. the shipped bundle: FP16 (to build TensorRT engines) + CPU INT8 (Embedder() on any CPU)
 rm -rf edgeclip/models/default
 edgeclip export "$BEST" --out edgeclip/models/default --precision fp16,int8 "${calib[@]}"
-# 4. teacher bundle, FP32 and INT8, for latency
-#    (kept when it is newer than the teacher checkpoint: the same teacher gives the same graphs)
+fi
+# 4. latency, teacher first (ratio column), same run, interleaved; needs a quiet machine
+#    (BENCH=0 skips it and the teacher's export, e.g. while something else is training;
+#    BENCH_ONLY=1 runs only this step)
+[ "${BENCH:-1}" = 1 ] || { du -sh edgeclip/models/default; exit 0; }
+# the teacher bundle, FP32 and INT8, for latency only
+# (kept when it is newer than the teacher checkpoint: the same teacher gives the same graphs)
 if [ ! "$RUNS/export/teacher/manifest.json" -nt "$TEACHER/model.safetensors" ]; then
   rm -rf "$RUNS/export/teacher"
   edgeclip export "$TEACHER" --out "$RUNS/export/teacher" --precision fp32,int8 "${calib[@]}" --allow-degraded
 fi
-fi
-# 5. latency, teacher first (ratio column), same run, interleaved; needs a quiet machine
-#    (BENCH=0 skips it, e.g. while something else is training; BENCH_ONLY=1 runs only this step)
-[ "${BENCH:-1}" = 1 ] || { du -sh edgeclip/models/default; exit 0; }
 peers=()  # from `python benchmarks/peers.py --out cache/peers` (random weights; latency only)
 for p in cache/peers/vit-b-32 cache/peers/mobileclip-s0; do [ -d "$p" ] && peers+=("$p"); done
 edgeclip-bench "$RUNS/export/teacher" "$RUNS/export/student" "${peers[@]}" --precision fp32,int8 --batch-sizes 1,8,32 \

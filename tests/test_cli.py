@@ -16,7 +16,7 @@ def test_version_and_help():
     r = run("-h")
     assert r.returncode == 0
     for cmd in ("info", "embed", "index", "search", "distill", "export", "build-engine", "eval",
-                "classify", "duplicates"):
+                "classify", "duplicates", "merge"):
         assert cmd in r.stdout
 
 

@@ -36,7 +36,7 @@ BACKEND_OF_PROVIDER = {"CPUExecutionProvider": "onnxruntime-cpu",
 #: int8 weights to uint8 and use the U8U8 kernels, which do not saturate. ORT applies it only on
 #: the affected CPUs (VNNI and ARM run as before). Measured on an AVX2-only CPU, default model's
 #: image tower vs its FP32 graph on Flickr8k dev photos: min cosine 0.975 -> 0.997, Flickr8k
-#: test mean recall 45.8 -> 46.1 (FP32: 46.0); speed in benchmarks/results/int8_precision.json.
+#: test mean recall 45.8 -> 46.1 (FP32: 46.0; round 1's default model); speed in benchmarks/results/int8_precision.json.
 INT8_CPU_CONFIG = {"session.x64quantprecision": "1"}
 
 

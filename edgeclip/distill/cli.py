@@ -75,6 +75,25 @@ def eval_cmd(model_path, weights, data_root, split, fmt, backend, precision, dev
             click.echo(f"skipped {m['skipped_images']} unreadable image(s)")
 
 
+@click.command("merge")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--alpha", required=True, help="Weight of B in [0, 1]: 0 gives A, 1 gives B.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="New checkpoint directory for the merged model.")
+def merge(a, b, alpha, out):
+    """Merge checkpoints A and B of one architecture: (1 - alpha) * A + alpha * B.
+
+    Weight-space ensembling (WiSE-FT): both must be fine-tuned from the same starting weights
+    (same model config and run.seed), e.g. a general student (A) and one distilled from a
+    stronger, domain-specialised teacher (B). The result is a checkpoint for `edgeclip eval`
+    and `edgeclip export`.
+    """
+    from .merge import merge_checkpoints
+    path = merge_checkpoints(a, b, alpha, out)
+    click.echo(f"wrote {path} = (1 - {float(alpha):g}) * {a} + {float(alpha):g} * {b}")
+
+
 def main(argv=None):  # `python -m edgeclip.distill` (used under torchrun)
     from ..cli import run_main
     run_main(distill, args=argv if argv is not None else sys.argv[1:], prog_name="edgeclip distill")
