@@ -21,7 +21,7 @@ from ..errors import BundleError, ConfigError
 from ..paths import expand_path
 
 # config keys that may differ between the two checkpoints (provenance, not architecture)
-_FREE_KEYS = {"tokenizer", "train", "run", "merge"}
+_FREE_KEYS = {"tokenizer", "merge"}
 
 
 def _arch(cfg: dict) -> dict:
