@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +84,21 @@ def test_hf_clip_teacher_tiny_random(tmp_path):
     if importlib.util.find_spec("open_clip") is None:
         with pytest.raises(ConfigError, match="open_clip"):
             load_teacher({"type": "open_clip", "model": "ViT-B-32"})
+
+
+def test_prefix_runner_matches_torch_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    import tempfile
+
+    from edgeclip.distill.cache import _ort_prefix_runner
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    d = build_student("tiny-test", pretrained=False,
+                      overrides={"image": {"freeze_blocks": 1}}).eval()
+    run = _ort_prefix_runner(d.image_encoder, d.preprocess)
+    assert run is not None
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        want = d.image_encoder.prefix(x).numpy()
+    got = run(x)
+    assert got.dtype == np.float16 and got.shape == want.shape
+    assert np.abs(got.astype(np.float32) - want).max() < 1e-2
+    assert list(tmp_path.iterdir()) == []  # the exported graph's folder is removed

@@ -203,13 +203,15 @@ def _ort_prefix_runner(tower, preprocess):
     """The frozen prefix exported to ONNX and run by ONNX Runtime: several times faster than
     PyTorch eager on a CPU, and the prefix is frozen so the numbers are the same (float32).
     Returns None (use PyTorch) when the export or the session fails."""
+    import shutil
     import tempfile
     import warnings
 
+    tmp_dir = Path(tempfile.mkdtemp(prefix="edgeclip-prefix-"))
     try:
         import onnxruntime as ort
         h, w = preprocess.size
-        tmp = Path(tempfile.mkdtemp(prefix="edgeclip-prefix-")) / "prefix.onnx"
+        tmp = tmp_dir / "prefix.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(_Prefix(tower).eval(), (torch.zeros(1, 3, h, w),), str(tmp),
@@ -229,6 +231,8 @@ def _ort_prefix_runner(tower, preprocess):
         tqdm.write(f"image prefix cache: ONNX Runtime path unavailable ({type(e).__name__}), "
                    f"using PyTorch")
         return None
+    finally:  # the session holds the graph in memory: the file is not needed once it is built
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
     def run(pix):
         return sess.run(None, {"x": pix.numpy()})[0].astype(np.float16)
