@@ -82,3 +82,32 @@ def test_merge_cli_writes_and_reports_one_line_errors(pair, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 1 and len(err) == 1 and "--alpha 2.0 is outside [0, 1]" in err[0]
     assert not (tmp_path / "m2").exists()
+
+
+def test_merge_refuses_damaged_inputs_and_keeps_an_existing_out(pair, tmp_path):
+    a, b = pair
+    bad = _ckpt(tmp_path / "dir with space" / "bad", 4)
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(BundleError, match="not a readable safetensors file"):
+        merge_checkpoints(a, bad, 0.5, tmp_path / "m")
+    (bad / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes())
+    (bad / "config.json").write_text("{ not json")
+    with pytest.raises(BundleError, match=r"config.json: not valid JSON"):
+        merge_checkpoints(a, bad, 0.5, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    # an existing, non-empty --out is refused and left as it was
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        merge_checkpoints(a, b, 0.5, keep)
+    assert [p.name for p in keep.iterdir()] == ["notes.txt"] and (keep / "notes.txt").read_text() == "mine"
+    # `~` in a path is expanded
+    out = merge_checkpoints(a, b, 0.5, "~/merged")  # HOME points into tmp_path (fixture below)
+    assert out == tmp_path / "home" / "merged" and (out / "model.safetensors").is_file()
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))

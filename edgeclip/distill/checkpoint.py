@@ -55,7 +55,11 @@ def load_dual_encoder(path: str | os.PathLike, map_location: str = "cpu") -> Dua
     cfg["tokenizer"] = str(p / TOKENIZER)
     model = build_student(cfg, pretrained=False)
     model.config["tokenizer"] = TOKENIZER
-    sd = load_file(str(p / WEIGHTS), device=map_location)
+    try:
+        sd = load_file(str(p / WEIGHTS), device=map_location)
+    except Exception as e:  # safetensors raises its own error type for a damaged file
+        raise BundleError(f"{p / WEIGHTS}: not a readable safetensors file ({e}); the checkpoint "
+                          "is damaged or incomplete: copy it again or retrain.") from None
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
