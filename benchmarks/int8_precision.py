@@ -7,7 +7,7 @@ uses the U8U8 kernels. This measures, for each tower of a bundle: cosine to the 
 FP16 graph upcast, as the runtime runs fp32) on Flickr8k dev photos and captions, and latency at
 batch 1 and 8 in interleaved rounds (FP32, INT8 default, INT8 precise).
 
-    python benchmarks/int8_precision.py [--bundle edgeclip/models/default] [--threads 1]
+    python benchmarks/int8_precision.py [--bundle edgeclip/models/default] [--threads 1] [--out FILE]
         -> benchmarks/results/int8_precision.json
 """
 
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.6, help="per cell per round")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
     man = read_manifest(a.bundle)
     dev = [s.strip() for s in open(a.data / "splits" / "dev.txt") if s.strip()][:a.count]
@@ -133,8 +134,9 @@ def main(argv=None) -> int:
         out["towers"][tower] = row
         print(tower, json.dumps(row), flush=True)
     out["load_average_end"] = os.getloadavg()
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {a.out}")
     return 0
 
 

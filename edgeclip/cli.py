@@ -24,7 +24,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("edgeclip.index.cli:search", "Search an image index by text or by image."),
     "duplicates": ("edgeclip.index.duplicates_cli:duplicates", "List groups of near-duplicate photos in an index."),
     "distill": ("edgeclip.distill.cli:distill", "Train a teacher or distill a student (needs [train])."),
-    "merge": ("edgeclip.distill.cli:merge", "Merge two checkpoints of one model by weight interpolation (WiSE-FT; needs [train])."),
+    "merge": ("edgeclip.distill.cli:merge", "Merge checkpoints of one model by their weights: interpolation (WiSE-FT) or mean (soup); needs [train]."),
     "eval": ("edgeclip.distill.cli:eval_cmd", "Retrieval R@K of a model or bundle on a dataset."),
     "export": ("edgeclip.export.cli:export", "Export a checkpoint, Hugging Face CLIP/SigLIP or open_clip model to an ONNX bundle (needs [export])."),
     "build-engine": ("edgeclip.export.tensorrt_build:build_engine", "Build TensorRT engines for a bundle on this device."),

@@ -391,6 +391,14 @@ class Embedder:
         v = manifest_logit_scale(self.manifest)
         return DEFAULT_LOGIT_SCALE if v is None else v
 
+    @property
+    def duplicate_threshold(self) -> float:
+        """The near-duplicate threshold measured for this model (manifest
+        ``extra.duplicate_threshold``), else :data:`edgeclip.index.duplicates.DEFAULT_THRESHOLD`."""
+        from .index.duplicates import DEFAULT_THRESHOLD, manifest_threshold
+        v = manifest_threshold(self.manifest)
+        return DEFAULT_THRESHOLD if v is None else v
+
     def classify(self, images: Iterable[Any], labels: Sequence[str] | str,
                  templates: Sequence[str] | None = None, batch_size: int = 32,
                  on_error: str = "raise", progress: bool = False):

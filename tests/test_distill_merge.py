@@ -111,3 +111,53 @@ def test_merge_refuses_damaged_inputs_and_keeps_an_existing_out(pair, tmp_path):
 def _home(tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def test_text_alpha_interpolates_the_text_tower_on_its_own(pair, tmp_path):
+    from edgeclip.distill.merge import TEXT_PREFIX
+    a, b = pair
+    sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert any(k.startswith(TEXT_PREFIX) for k in sa) and any(not k.startswith(TEXT_PREFIX) for k in sa)
+    out = merge_checkpoints(a, b, 0.25, tmp_path / "m", text_alpha=0.75)
+    sm = load_file(str(out / "model.safetensors"))
+    for k in sa:
+        w = 0.75 if k.startswith(TEXT_PREFIX) else 0.25
+        if sa[k].is_floating_point():
+            torch.testing.assert_close(sm[k], sa[k] + w * (sb[k] - sa[k]), rtol=0, atol=1e-6)
+    cfg = json.loads((out / "config.json").read_text())["merge"]
+    assert (cfg["image_alpha"], cfg["text_alpha"]) == (0.25, 0.75)
+    with pytest.raises(ConfigError, match="--text-alpha 1.5 is outside"):
+        merge_checkpoints(a, b, 0.25, tmp_path / "m2", text_alpha=1.5)
+
+
+def test_soup_is_the_uniform_mean(pair, tmp_path, capsys):
+    from edgeclip.distill.merge import soup_checkpoints
+    a, b = pair
+    c = _ckpt(tmp_path / "c", 5)
+    states = [load_file(str(p / "model.safetensors")) for p in (a, b, c)]
+    out = soup_checkpoints([a, b, c], tmp_path / "soup")
+    sm = load_file(str(out / "model.safetensors"))
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(sm[k], (states[0][k] + states[1][k] + states[2][k]) / 3,
+                                       rtol=0, atol=1e-6)
+    assert json.loads((out / "config.json").read_text())["merge"]["inputs"] == [str(a), str(b), str(c)]
+    load_dual_encoder(out)  # an ordinary checkpoint
+    with pytest.raises(ConfigError, match="given twice"):
+        soup_checkpoints([a, b, a], tmp_path / "s2")
+    other = _ckpt(tmp_path / "other", 2, text={"layers": 2})
+    with pytest.raises(ConfigError, match="config differs at text.layers"):
+        soup_checkpoints([a, b, other], tmp_path / "s2")
+    assert not (tmp_path / "s2").exists()
+    # the CLI: several checkpoints without --alpha are averaged; --alpha needs exactly two
+    with pytest.raises(SystemExit) as e:
+        cli_main(["merge", str(a), str(b), str(c), "--out", str(tmp_path / "s3")])
+    assert e.value.code == 0 and "mean of 3 checkpoints" in capsys.readouterr().out
+    assert torch.equal(load_file(str(tmp_path / "s3" / "model.safetensors"))[k], sm[k])
+    for args, msg in ((["--alpha", "0.5"], "interpolates two checkpoints A B; 3 were given"),
+                      (["--text-alpha", "0.5"], "--text-alpha needs --alpha")):
+        with pytest.raises(SystemExit) as e:
+            cli_main(["merge", str(a), str(b), str(c), *args, "--out", str(tmp_path / "s4")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 1 and len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "s4").exists()

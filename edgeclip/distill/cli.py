@@ -76,22 +76,42 @@ def eval_cmd(model_path, weights, data_root, split, fmt, backend, precision, dev
 
 
 @click.command("merge")
-@click.argument("a", type=click.Path())
-@click.argument("b", type=click.Path())
-@click.option("--alpha", required=True, help="Weight of B in [0, 1]: 0 gives A, 1 gives B.")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
+@click.option("--alpha", default=None,
+              help="Two checkpoints A B: the weight of B in [0, 1] (0 gives A, 1 gives B). "
+                   "Without it: the uniform mean of all the checkpoints (a model soup).")
+@click.option("--text-alpha", default=None,
+              help="With --alpha: the text tower's own weight of B (--alpha then weights the "
+                   "image tower).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="New checkpoint directory for the merged model.")
-def merge(a, b, alpha, out):
-    """Merge checkpoints A and B of one architecture: (1 - alpha) * A + alpha * B.
+def merge(checkpoints, alpha, text_alpha, out):
+    """Merge checkpoints of one architecture by their weights.
 
-    Weight-space ensembling (WiSE-FT): both must be fine-tuned from the same starting weights
-    (same model config and run.seed), e.g. a general student (A) and one distilled from a
-    stronger, domain-specialised teacher (B). The result is a checkpoint for `edgeclip eval`
+    `merge A B --alpha X`: (1 - X) * A + X * B (WiSE-FT), e.g. a general student (A) and one
+    distilled from a stronger, domain-specialised teacher (B); `--text-alpha Y` interpolates
+    the text tower at Y. `merge A B C ...`: the uniform mean (a model soup), e.g. students of
+    one teacher trained with different settings. All must be fine-tuned from the same starting
+    weights (same model config and run.seed). The result is a checkpoint for `edgeclip eval`
     and `edgeclip export`.
     """
-    from .merge import merge_checkpoints
-    path = merge_checkpoints(a, b, alpha, out)
-    click.echo(f"wrote {path} = (1 - {float(alpha):g}) * {a} + {float(alpha):g} * {b}")
+    from ..errors import ConfigError as _ConfigError
+    from .merge import merge_checkpoints, soup_checkpoints
+    if alpha is None:
+        if text_alpha is not None:
+            raise _ConfigError("--text-alpha needs --alpha (two checkpoints A B).")
+        if len(checkpoints) < 2:
+            raise _ConfigError("give two or more checkpoints to merge.")
+        path = soup_checkpoints(list(checkpoints), out)
+        click.echo(f"wrote {path} = the mean of {len(checkpoints)} checkpoints")
+        return
+    if len(checkpoints) != 2:
+        raise _ConfigError(f"--alpha interpolates two checkpoints A B; {len(checkpoints)} were "
+                           "given (without --alpha, several are averaged).")
+    a, b = checkpoints
+    path = merge_checkpoints(a, b, alpha, out, text_alpha=text_alpha)
+    tower = "" if text_alpha is None else f" (text tower {float(text_alpha):g})"
+    click.echo(f"wrote {path} = (1 - {float(alpha):g}) * {a} + {float(alpha):g} * {b}{tower}")
 
 
 def main(argv=None):  # `python -m edgeclip.distill` (used under torchrun)

@@ -23,8 +23,45 @@ import numpy as np
 
 from .search import duplicate_groups as connected_groups
 
-#: chosen on Flickr8k dev (benchmarks/duplicates.py) for the built-in default model
+#: the threshold for a model whose manifest records none (chosen on Flickr8k dev by
+#: benchmarks/duplicates.py for the round-1 default model); a bundle measured by that benchmark
+#: carries its own in ``extra.duplicate_threshold``
 DEFAULT_THRESHOLD = 0.86
+#: the manifest key (under ``extra``, outside the model's identity)
+MANIFEST_KEY = "duplicate_threshold"
+
+
+def check_threshold(value, where: str) -> float:
+    """``value`` as a cosine in (0, 1], or an InputError naming ``where``."""
+    from ..errors import InputError
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if isinstance(value, bool) or not 0.0 < t <= 1.0:
+        raise InputError(f"{where}: duplicate threshold {value!r} is not a cosine similarity in "
+                         "(0, 1]; give e.g. 0.86.")
+    return t
+
+
+def manifest_threshold(manifest) -> float | None:
+    """The duplicate threshold measured for this model (``extra.duplicate_threshold``), or None."""
+    extra = getattr(manifest, "extra", None) or {}
+    if MANIFEST_KEY not in extra:
+        return None
+    return check_threshold(extra[MANIFEST_KEY], f"manifest extra.{MANIFEST_KEY}")
+
+
+def record_threshold(bundle_dir, threshold: float, source: str = "") -> None:
+    """Record ``threshold`` in the bundle's manifest (``extra``: the model's identity, and so
+    every index built with it, stays valid)."""
+    from ..manifest import load_bundle, write_manifest
+    t = check_threshold(threshold, "threshold")
+    manifest, bundle_dir = load_bundle(bundle_dir)  # files checked before the manifest is rewritten
+    manifest.extra[MANIFEST_KEY] = t
+    if source:
+        manifest.extra[MANIFEST_KEY + "_source"] = source
+    write_manifest(manifest, bundle_dir)
 
 
 def _components(matrix: np.ndarray, threshold: float, block: int) -> list[np.ndarray]:

@@ -13,8 +13,10 @@ from .duplicates import DEFAULT_THRESHOLD
 @click.command(name="duplicates")
 @click.option("--db", default=None, type=click.Path(dir_okay=False),
               help="index database file (default: $EDGECLIP_HOME/index.db)")
-@click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, type=float,
-              help="cosine every pair inside a group reaches (lower: looser groups)")
+@click.option("--threshold", default=None, type=float,
+              help="cosine every pair inside a group reaches (lower: looser groups). Default: "
+                   "the one measured for the index's model and recorded in its manifest, else "
+                   f"{DEFAULT_THRESHOLD}")
 @click.option("--json", "as_json", is_flag=True, help="print the groups as JSON")
 def duplicates(db, threshold, as_json):
     """List groups of near-duplicate photos in the index: copies, re-encodes, resizes, small
@@ -25,6 +27,8 @@ def duplicates(db, threshold, as_json):
 
     path = _existing_db(db)
     with ImageIndex(path, read_only=True) as ix:
+        if threshold is None:
+            threshold = ix.duplicate_threshold
         groups = ix.duplicates(threshold=threshold)
         n = len(ix)
     if as_json:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import EdgeClipError, ImageIndexError, InputError
 from .indexer import IndexingMixin, IndexReport  # noqa: F401  (re-exported)
-from .duplicates import DEFAULT_THRESHOLD, duplicate_groups
+from .duplicates import DEFAULT_THRESHOLD, check_threshold, duplicate_groups, manifest_threshold
 from .search import AnnIndex, SearchMixin, SearchResult, load_usearch  # noqa: F401
 from .scan import user_path
 from .store import (WriterLock, bump_generation, columns, connect, connect_readonly, get_meta,
@@ -125,6 +125,9 @@ class ImageIndex(IndexingMixin, SearchMixin):
         if get_meta(self._conn).get("model_identity") is None:
             set_meta(self._conn, model_name=emb.model_name, model_identity=emb.identity,
                      dim=int(dim), bundle_dir=str(emb.bundle_dir))
+            t = manifest_threshold(emb.manifest)
+            if t is not None:
+                set_meta(self._conn, duplicate_threshold=repr(t))
         else:
             self._check_model(emb)
 
@@ -158,7 +161,7 @@ class ImageIndex(IndexingMixin, SearchMixin):
             self._conn.execute("DELETE FROM images")
             self._conn.execute("DELETE FROM skipped")
             self._conn.execute("DELETE FROM meta WHERE key IN ('model_name', 'model_identity', "
-                               "'dim', 'bundle_dir')")
+                               "'dim', 'bundle_dir', 'duplicate_threshold')")
             bump_generation(self._conn)
         for p in self._ann_files():
             try:
@@ -170,11 +173,38 @@ class ImageIndex(IndexingMixin, SearchMixin):
         self._ann_gen = -1
 
     # -- the rest ----------------------------------------------------------------------------
-    def duplicates(self, threshold: float = DEFAULT_THRESHOLD) -> list[list[str]]:
+    @property
+    def duplicate_threshold(self) -> float:
+        """The model's own duplicate threshold: measured for it on Flickr8k dev photos
+        (``benchmarks/duplicates.py``) and recorded in its manifest, copied into the index when
+        the model first embedded into it. An index built before that was recorded looks in the
+        bundle that built it (same model identity); a model with none gets
+        :data:`~edgeclip.index.duplicates.DEFAULT_THRESHOLD`."""
+        meta = get_meta(self._conn)
+        if meta.get("duplicate_threshold") is not None:
+            return check_threshold(meta["duplicate_threshold"], f"{self.path} (meta)")
+        bundle = meta.get("bundle_dir")
+        if bundle and (Path(bundle) / "manifest.json").is_file():
+            from ..manifest import read_manifest
+            try:
+                m = read_manifest(bundle)
+            except EdgeClipError:
+                m = None
+            if m is not None and m.identity() == meta.get("model_identity"):
+                t = manifest_threshold(m)
+                if t is not None:
+                    return t
+        return DEFAULT_THRESHOLD
+
+    def duplicates(self, threshold: float | None = None) -> list[list[str]]:
         """Groups of near-duplicate images, largest first, each group's paths sorted. No
         chaining: EVERY pair inside a group has cosine >= ``threshold`` (complete linkage,
-        :mod:`edgeclip.index.duplicates`; the default was chosen on Flickr8k dev photos)."""
-        if not 0.0 < threshold <= 1.0:
+        :mod:`edgeclip.index.duplicates`). ``None``: the model's own threshold
+        (:attr:`duplicate_threshold`)."""
+        if threshold is None:
+            threshold = self.duplicate_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not 0.0 < threshold <= 1.0:
             raise InputError(f"threshold={threshold!r}: pass a cosine similarity in (0, 1].")
         ids, matrix = self._all_embeddings()
         # identical blobs score 1 up to float32 rounding: keep them at threshold 1
