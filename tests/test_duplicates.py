@@ -236,8 +236,10 @@ def test_index_uses_the_models_threshold(tiny_bundle, tmp_path):
         assert ix.meta["duplicate_threshold"] == "0.999999"
         assert ix.duplicate_threshold == 0.999999
         assert ix.duplicates() == ix.duplicates(threshold=0.999999)
-        with pytest.raises(InputError, match=r"pass a cosine similarity in \(0, 1\]"):
-            ix.duplicates(threshold=1.5)
+        assert ix.duplicates(threshold=np.float32(0.999999)) == ix.duplicates()  # numpy scalars
+        for bad in (1.5, 0, True, "high"):
+            with pytest.raises(InputError, match=r"pass a cosine similarity in \(0, 1\]"):
+                ix.duplicates(threshold=bad)
     r = subprocess.run([sys.executable, "-m", "edgeclip.cli", "duplicates", "--db", str(db),
                         "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
