@@ -205,7 +205,7 @@ def test_threshold_recorded_in_manifest_keeps_identity(tiny_bundle, tmp_path):
         with pytest.raises(InputError, match="not a cosine similarity"):
             record_threshold(b, bad)
     after.extra["duplicate_threshold"] = "0.9x"
-    with pytest.raises(InputError, match=r"extra.duplicate_threshold: duplicate threshold '0.9x'"):
+    with pytest.raises(BundleError, match=r"extra.duplicate_threshold: duplicate threshold '0.9x'.*--write-manifest"):
         manifest_threshold(after)
     # a bundle whose files do not match its manifest is not rewritten
     (b / "image.fp32.onnx").write_bytes(b"damaged")
@@ -260,3 +260,22 @@ def test_index_uses_the_models_threshold(tiny_bundle, tmp_path):
     with ImageIndex(tmp_path / "plain.db", model=tiny_bundle) as ix:
         ix.add_folder(photos, progress=False)
         assert "duplicate_threshold" not in ix.meta and ix.duplicate_threshold == DEFAULT_THRESHOLD
+
+
+def test_a_damaged_threshold_in_the_manifest_costs_no_indexing(tiny_bundle, tmp_path):
+    from edgeclip.errors import BundleError
+    from edgeclip.index import ImageIndex
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_index import make_gallery
+    b = _bundle_with_threshold(tiny_bundle, tmp_path, None)
+    m = json.loads((b / "manifest.json").read_text())
+    m.setdefault("extra", {})["duplicate_threshold"] = "high"
+    (b / "manifest.json").write_text(json.dumps(m))
+    make_gallery(tmp_path / "photos", 3)
+    with ImageIndex(tmp_path / "ix.db", model=b) as ix:
+        r = ix.add_folder(tmp_path / "photos", progress=False)
+        assert r.embedded == 3 and len(ix) == 3  # the photos are indexed
+        assert "duplicate_threshold" not in ix.meta
+        with pytest.raises(BundleError, match=r"duplicate threshold 'high' is not a cosine"):
+            ix.duplicates()
+        assert ix.duplicates(threshold=1.0) == []  # an explicit threshold still works

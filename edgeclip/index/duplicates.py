@@ -46,10 +46,15 @@ def check_threshold(value, where: str) -> float:
 
 def manifest_threshold(manifest) -> float | None:
     """The duplicate threshold measured for this model (``extra.duplicate_threshold``), or None."""
+    from ..errors import BundleError, InputError
     extra = getattr(manifest, "extra", None) or {}
     if MANIFEST_KEY not in extra:
         return None
-    return check_threshold(extra[MANIFEST_KEY], f"manifest extra.{MANIFEST_KEY}")
+    try:
+        return check_threshold(extra[MANIFEST_KEY], f"manifest extra.{MANIFEST_KEY}")
+    except InputError as e:  # the bundle is at fault, not the caller
+        raise BundleError(f"{e} Fix or remove the key (`python benchmarks/duplicates.py "
+                          "--bundle B --write-manifest` measures it).") from None
 
 
 def record_threshold(bundle_dir, threshold: float, source: str = "") -> None:

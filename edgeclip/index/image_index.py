@@ -125,7 +125,10 @@ class ImageIndex(IndexingMixin, SearchMixin):
         if get_meta(self._conn).get("model_identity") is None:
             set_meta(self._conn, model_name=emb.model_name, model_identity=emb.identity,
                      dim=int(dim), bundle_dir=str(emb.bundle_dir))
-            t = manifest_threshold(emb.manifest)
+            try:
+                t = manifest_threshold(emb.manifest)
+            except EdgeClipError:  # a damaged key must not cost the batch; duplicates() says it
+                t = None
             if t is not None:
                 set_meta(self._conn, duplicate_threshold=repr(t))
         else:
