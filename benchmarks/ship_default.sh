@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Export the chosen student (dev-best among those passing the demo gate) as the built-in default model (edgeclip/models/default) and measure it:
+# Export the chosen student (dev-best among those passing the demo gate) as the built-in default model (edgeclip/models/default) and measure it
+# (and record its duplicate threshold, benchmarks/duplicates.py --write-manifest):
 # staging export with FP32 for verification, test-split R@K of FP32 vs INT8 vs FP16 through
 # Embedder, the shipped bundle (FP16 for TensorRT + CPU INT8), and the latency of teacher vs student.
 #   bash benchmarks/ship_default.sh        (after benchmarks/flickr8k_experiment.sh)
 #   the WiSE merge (benchmarks/wise_sweep.py): RUNS=runs/r3x OUT=benchmarks/results/flickr8k-wise \
 #     BEST=runs/r3x/cona-no-intra_ss-wise/a0.7/best BENCH=0 bash benchmarks/ship_default.sh
+#   the soup x round-1 merge (benchmarks/soup_sweep.py), the shipped default since 2026-12-03:
+#     RUNS=runs/r3x OUT=benchmarks/results/flickr8k-soup BEST=runs/r3x/soup6/wise-i0.9-t0.8/best \
+#     BENCH=0 bash benchmarks/ship_default.sh
 #   round 2 (issue 17): RUNS=runs/r2x TEACHER=runs/r2/mpnet-aug1-e8/best \
 #     OUT=benchmarks/results/flickr8k-r2 bash benchmarks/ship_default.sh
 # Env: BEST (a checkpoint dir; default: the dev-best student under $RUNS that passes the demo
@@ -42,6 +46,8 @@ done
 # 3. the shipped bundle: FP16 (to build TensorRT engines) + CPU INT8 (Embedder() on any CPU)
 rm -rf edgeclip/models/default
 edgeclip export "$BEST" --out edgeclip/models/default --precision fp16,int8 "${calib[@]}"
+# its near-duplicate threshold, chosen on dev photos and recorded in its manifest
+python benchmarks/duplicates.py --data "$DATA" --write-manifest
 fi
 # 4. latency, teacher first (ratio column), same run, interleaved; needs a quiet machine
 #    (BENCH=0 skips it and the teacher's export, e.g. while something else is training;
