@@ -211,9 +211,9 @@ def main(argv=None) -> None:
     orig = {int(s): i for i, (s, k) in enumerate(zip(source, kind)) if k == "original"}
     cos_v = {v: [float(vecs[i] @ vecs[orig[int(source[i])]]) for i, k in enumerate(kind)
                  if k == v] for v in VARIANTS}
-    cos_n = sorted(float(vecs[orig[i]] @ vecs[orig[j]]) for i, j, _ in negs)
-    hardest = sorted(((float(vecs[orig[i]] @ vecs[orig[j]]), photo_names[i], photo_names[j], sc)
-                      for i, j, sc in negs), reverse=True)[:8]
+    cos_n = sorted(test_alone.tolist())
+    hardest = sorted(((float(c), photo_names[i], photo_names[j], sc)
+                      for c, (i, j, sc) in zip(test_alone, negs)), reverse=True)[:8]
     res = {
         "command": shlex.join(["python", "benchmarks/duplicates.py"] + (argv or sys.argv[1:])),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

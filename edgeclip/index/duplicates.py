@@ -39,8 +39,8 @@ def check_threshold(value, where: str) -> float:
     except (TypeError, ValueError):
         t = float("nan")
     if isinstance(value, bool) or not 0.0 < t <= 1.0:
-        raise InputError(f"{where}: duplicate threshold {value!r} is not a cosine similarity in "
-                         "(0, 1]; give e.g. 0.86.")
+        raise InputError(f"{where}: duplicate threshold {value!r} is not a cosine similarity; "
+                         "pass a cosine similarity in (0, 1], e.g. 0.86.")
     return t
 
 

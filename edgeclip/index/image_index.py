@@ -206,13 +206,7 @@ class ImageIndex(IndexingMixin, SearchMixin):
         (:attr:`duplicate_threshold`)."""
         if threshold is None:
             threshold = self.duplicate_threshold
-        try:
-            value = float(threshold)
-        except (TypeError, ValueError):
-            value = float("nan")
-        if isinstance(threshold, bool) or not 0.0 < value <= 1.0:
-            raise InputError(f"threshold={threshold!r}: pass a cosine similarity in (0, 1].")
-        threshold = value
+        threshold = check_threshold(threshold, "threshold")
         ids, matrix = self._all_embeddings()
         # identical blobs score 1 up to float32 rounding: keep them at threshold 1
         groups = duplicate_groups(matrix.astype(np.float32, copy=False),
