@@ -6,9 +6,12 @@
 #   bash benchmarks/ship_default.sh        (after benchmarks/flickr8k_experiment.sh)
 #   the WiSE merge (benchmarks/wise_sweep.py): RUNS=runs/r3x OUT=benchmarks/results/flickr8k-wise \
 #     BEST=runs/r3x/cona-no-intra_ss-wise/a0.7/best BENCH=0 bash benchmarks/ship_default.sh
-#   the soup x round-1 merge (benchmarks/soup_sweep.py), the shipped default since 2026-12-03:
+#   the soup x round-1 merge (benchmarks/soup_sweep.py), the default of session 8:
 #     RUNS=runs/r3x OUT=benchmarks/results/flickr8k-soup BEST=runs/r3x/soup6/wise-i0.9-t0.8/best \
 #     BENCH=0 bash benchmarks/ship_default.sh
+#   the soup with an anchored student x round-1 merge, the shipped default since session 9:
+#     RUNS=runs/r3x OUT=benchmarks/results/flickr8k-anchor \
+#     BEST=runs/r3x/soup-anchor/wise-i0.9-t0.9/best BENCH=0 bash benchmarks/ship_default.sh
 #   round 2 (issue 17): RUNS=runs/r2x TEACHER=runs/r2/mpnet-aug1-e8/best \
 #     OUT=benchmarks/results/flickr8k-r2 bash benchmarks/ship_default.sh
 # Env: BEST (a checkpoint dir; default: the dev-best student under $RUNS that passes the demo

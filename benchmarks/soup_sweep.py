@@ -3,7 +3,7 @@
     python benchmarks/soup_sweep.py --general runs/r1/cona-no-intra_ss \
         runs/r3x/cona-no-intra_ss runs/r3x/student-cona ... \
         [--image-alphas 0.8,0.9,1] [--text-alphas 0.6,0.7,0.8,0.9,1] \
-        [--work runs/r3x/soup] [--out benchmarks/results/flickr8k-soup/soup_sweep.json]
+        [--work runs/r3x/soup] [--out benchmarks/results/flickr8k-soup/soup_sweep.json] [--all]
 
 The rule, fixed before any of it ran, chooses on Flickr8k **dev** only (test is never read here):
 
@@ -19,6 +19,9 @@ The rule, fixed before any of it ran, chooses on Flickr8k **dev** only (test is 
    (``benchmarks/default_candidates.py``); dev is measured for those that pass.
 3. The chosen checkpoint is the dev-best that passes the gate; ``benchmarks/ship_default.sh``
    ships it (``BEST=...``).
+
+``--all`` is for ablations: the soup is the mean of every ingredient, dev is measured for every
+merge, and nothing is chosen.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ def main(argv=None) -> None:
     ap.add_argument("--general", type=Path, required=True, help="run directory of the general student")
     ap.add_argument("--image-alphas", default="0.8,0.9,1")
     ap.add_argument("--text-alphas", default="0.6,0.7,0.8,0.9,1")
+    ap.add_argument("--all", action="store_true",
+                    help="ablations: the soup is the mean of every ingredient (no greedy choice), "
+                         "and dev is measured for every merge, passing or not")
     ap.add_argument("--data", default="../shared/data/flickr8k")
     ap.add_argument("--work", type=Path, default=Path("runs/r3x/soup"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/flickr8k-soup/soup_sweep.json"))
@@ -72,7 +78,15 @@ def main(argv=None) -> None:
     soup_ckpt = own[0][1] / "best"
     steps = [{"add": str(own[0][1]), "dev_mean_recall": own[0][0], "kept": True,
               "note": "the best ingredient's own best dev"}]
-    for d, r in own[1:]:
+    if a.all:
+        soup = [r for _, r in own]
+        soup_ckpt = _merge([str(x / "best") for x in soup], a.work / f"all-n{len(soup)}" / "best")
+        dev = dev_recall(soup_ckpt, a.data)
+        soup_dev = dev["mean_recall"]
+        steps = [{"add": [str(r) for r in soup], "checkpoint": str(soup_ckpt), "dev": dev,
+                  "dev_mean_recall": soup_dev, "kept": True, "note": "--all: every ingredient"}]
+        print(f"soup of all {len(soup)}: dev {soup_dev:.2f}", flush=True)
+    for d, r in ([] if a.all else own[1:]):
         trial = soup + [r]
         ckpt = _merge([str(x / "best") for x in trial], a.work / f"greedy{len(steps)}-n{len(trial)}" / "best")
         dev = dev_recall(ckpt, a.data)
@@ -93,13 +107,13 @@ def main(argv=None) -> None:
                            "--text-alpha", str(ta)], run / "best")
             row = {"image_alpha": ia, "text_alpha": ta, "checkpoint": str(ckpt)}
             row.update(demo_gate(export_fp32(run)))
-            row["dev"] = dev_recall(ckpt, a.data) if row["passes"] else None
+            row["dev"] = dev_recall(ckpt, a.data) if row["passes"] or a.all else None
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             dev = f"{row['dev']['mean_recall']:.2f}" if row["dev"] else "not measured"
             print(f"image {ia:g} text {ta:g}: dev {dev}, gate {'pass' if row['passes'] else 'FAIL'} "
                   f"(misses: {row['zero_shot_misses'] + row['search_misses'] or 'none'})", flush=True)
-    passing = [r for r in rows if r["passes"]]
+    passing = [r for r in rows if r["passes"]] if not a.all else []  # an ablation chooses nothing
     chosen = max(passing, key=lambda r: r["dev"]["mean_recall"]) if passing else None
     result = {"command": "python " + " ".join([sys.argv[0]] + [str(x) for x in (argv or sys.argv[1:])]),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

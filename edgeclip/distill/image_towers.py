@@ -59,10 +59,14 @@ class ImageTower(nn.Module):
             x = b(x)
         return x
 
-    def tail(self, h):
+    def pooled(self, h):
+        """The prefix's output -> the pooled backbone features, before the projection."""
         for b in self.blocks[self.freeze_blocks:]:
             h = b(h)
-        return F.normalize(self.proj(self.pool(h)), dim=-1)
+        return self.pool(h)
+
+    def tail(self, h):
+        return F.normalize(self.proj(self.pooled(h)), dim=-1)
 
     def forward(self, pixel_values):
         return self.tail(self.prefix(pixel_values))

@@ -180,6 +180,9 @@ class TextTower(nn.Module):
             raise ConfigError(f"MiniLM weights lack {missing[:3]}")
         self.encoder.load_state_dict(load, strict=False)
 
+    def pooled(self, input_ids, attention_mask):
+        """The masked mean of the encoder's last hidden states, before the projection."""
+        return masked_mean(self.encoder(input_ids, attention_mask), attention_mask)
+
     def forward(self, input_ids, attention_mask):
-        h = self.encoder(input_ids, attention_mask)
-        return F.normalize(self.proj(masked_mean(h, attention_mask)), dim=-1)
+        return F.normalize(self.proj(self.pooled(input_ids, attention_mask)), dim=-1)

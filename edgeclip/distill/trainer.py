@@ -75,21 +75,35 @@ class _Dist:
 class TrainModule(nn.Module):
     """Student + graph in one module (what DDP wraps); forward -> (total loss, parts)."""
 
-    def __init__(self, student, graph, dist_: _Dist):
+    def __init__(self, student, graph, dist_: _Dist, anchor=None):
         super().__init__()
-        self.student, self.graph, self.dist = student, graph, dist_
+        self.student, self.graph, self.dist, self.anchor = student, graph, dist_, anchor
 
     def forward(self, image_in, from_prefix: bool, ids, mask, teacher_feats: dict, group=None):
         enc = self.student.image_encoder
-        si = enc.tail(image_in) if from_prefix else enc(image_in)
-        st = self.student.text_encoder(ids, mask)
+        if self.anchor is None:
+            si = enc.tail(image_in) if from_prefix else enc(image_in)
+            st = self.student.text_encoder(ids, mask)
+        else:  # the anchors read the features before the projections
+            h = image_in if from_prefix else enc.prefix(image_in)
+            pi = enc.pooled(h)
+            si = torch.nn.functional.normalize(enc.proj(pi), dim=-1)
+            txt = self.student.text_encoder
+            pt = txt.pooled(ids, mask) if self.anchor.w_text else None
+            st = (torch.nn.functional.normalize(txt.proj(pt), dim=-1) if pt is not None
+                  else txt(ids, mask))
         si_all, n_images = self.dist.gather(si.float(), with_sizes=True)
         f = {"SI": si_all, "ST": self.dist.gather(st.float())}
         if group is not None:  # several captions per image: caption -> image row, global
             f["group"] = self.dist.gather(group + sum(n_images[:self.dist.rank]))
         for k, v in teacher_feats.items():
             f[k] = self.dist.gather(v)
-        return self.graph(f)
+        total, parts = self.graph(f)
+        if self.anchor is not None:  # per rank: each rank anchors its own samples
+            for k, v in self.anchor(h, pi, ids, mask, pt).items():
+                parts[k] = v.detach()
+                total = total + self.anchor.weight(k) * v
+        return total, parts
 
 
 def _check_teacher(tcfg: dict) -> None:
@@ -211,7 +225,13 @@ class Trainer:
         self.graph = ConaGraph(self.edges, self.model.embed_dim, tdim)
         self.model.to(self.device)
         self.graph.to(self.device)
-        self.module = TrainModule(self.model, self.graph, self.d)
+        from .anchor import PretrainedAnchor, anchor_config
+        acfg = anchor_config(cfg["loss"])
+        self.anchor = None
+        if acfg["image"] or acfg["text"]:
+            self.anchor = PretrainedAnchor(acfg, self.model.config, self.model,
+                                           pretrained=bool(mc["pretrained"])).to(self.device)
+        self.module = TrainModule(self.model, self.graph, self.d, self.anchor)
         self.ddp = (nn.parallel.DistributedDataParallel(
             self.module, device_ids=[self.d.local_rank] if self.device.startswith("cuda") else None)
             if self.d.on else self.module)
@@ -481,7 +501,8 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             self.step += 1
             bar.update(1)
-            bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in parts_sum.items()}
+            bar.set_postfix({(k if k.startswith("anchor/") else k.split("/")[0]): f"{v:.3f}"
+                             for k, v in parts_sum.items()}
                             | {"loss": f"{loss_sum:.3f}"}, refresh=False)
             if self.step % log_every == 0 or self.step == self.total:
                 dt = time.time() - t0
