@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_candidates import best_dev, demo_gate, export_fp32  # noqa: E402
-from wise_sweep import dev_recall  # noqa: E402
+from default_candidates import best_dev  # noqa: E402
+from wise_sweep import dev_recall, gate_summary, gated_row  # noqa: E402
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -105,14 +105,9 @@ def main(argv=None) -> None:
             run = a.work / f"wise-i{ia:g}-t{ta:g}"
             ckpt = _merge([str(a.general / "best"), str(soup_ckpt), "--alpha", str(ia),
                            "--text-alpha", str(ta)], run / "best")
-            row = {"image_alpha": ia, "text_alpha": ta, "checkpoint": str(ckpt)}
-            row.update(demo_gate(export_fp32(run)))
-            row["dev"] = dev_recall(ckpt, a.data) if row["passes"] or a.all else None
-            row["seconds"] = round(time.perf_counter() - t0, 1)
+            row = gated_row(run, ckpt, a.data, a.all, t0, image_alpha=ia, text_alpha=ta)
             rows.append(row)
-            dev = f"{row['dev']['mean_recall']:.2f}" if row["dev"] else "not measured"
-            print(f"image {ia:g} text {ta:g}: dev {dev}, gate {'pass' if row['passes'] else 'FAIL'} "
-                  f"(misses: {row['zero_shot_misses'] + row['search_misses'] or 'none'})", flush=True)
+            print(f"image {ia:g} text {ta:g}: {gate_summary(row)}", flush=True)
     passing = [r for r in rows if r["passes"]] if not a.all else []  # an ablation chooses nothing
     chosen = max(passing, key=lambda r: r["dev"]["mean_recall"]) if passing else None
     result = {"command": "python " + " ".join([sys.argv[0]] + [str(x) for x in (argv or sys.argv[1:])]),

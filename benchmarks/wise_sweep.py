@@ -38,6 +38,23 @@ def dev_recall(ckpt: Path, data: str) -> dict:
                                                 "i2t_r10", "mean_recall")}
 
 
+def gated_row(run: Path, ckpt: Path, data: str, all_dev: bool, t0: float, **keys) -> dict:
+    """``keys`` + the demo gate of ``run``'s FP32 export + dev mean recall of ``ckpt`` (only where
+    the gate passes, or every time with ``all_dev``) + seconds since ``t0``."""
+    row = {**keys, "checkpoint": str(ckpt)}
+    row.update(demo_gate(export_fp32(run)))
+    # dev only where it can matter: a run that fails the gate cannot be shipped
+    row["dev"] = dev_recall(ckpt, data) if row["passes"] or all_dev else None
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def gate_summary(row: dict) -> str:
+    dev = f"{row['dev']['mean_recall']:.2f}" if row["dev"] else "not measured"
+    return (f"dev {dev}, gate {'pass' if row['passes'] else 'FAIL'} "
+            f"(misses: {row['zero_shot_misses'] + row['search_misses'] or 'none'})")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a", type=Path, help="run directory of the general student (alpha 0)")
@@ -60,16 +77,9 @@ def main(argv=None) -> None:
         if not (ckpt / "model.safetensors").is_file():
             subprocess.run(["edgeclip", "merge", str(a.a / "best"), str(a.b / "best"), "--alpha",
                             str(alpha), "--out", str(ckpt)], check=True, stdout=subprocess.DEVNULL)
-        row = {"alpha": alpha, "checkpoint": str(ckpt)}
-        row.update(demo_gate(export_fp32(run)))
-        # dev only where it can matter: a run that fails the gate cannot be shipped
-        row["dev"] = dev_recall(ckpt, a.data) if row["passes"] or a.all_dev else None
-        row["seconds"] = round(time.perf_counter() - t0, 1)
+        row = gated_row(run, ckpt, a.data, a.all_dev, t0, alpha=alpha)
         rows.append(row)
-        dev = f"{row['dev']['mean_recall']:.2f}" if row["dev"] else "not measured"
-        print(f"alpha {alpha:g}: dev {dev}, gate "
-              f"{'pass' if row['passes'] else 'FAIL'} (misses: "
-              f"{row['zero_shot_misses'] + row['search_misses'] or 'none'})", flush=True)
+        print(f"alpha {alpha:g}: {gate_summary(row)}", flush=True)
     passing = [r for r in rows if r["passes"]]
     chosen = max(passing, key=lambda r: r["dev"]["mean_recall"]) if passing else None
     result = {"command": "python " + " ".join([sys.argv[0]] + [str(x) for x in (argv or sys.argv[1:])]),

@@ -143,3 +143,17 @@ def test_an_anchored_run_stays_nearer_its_pretrained_self(tiny_data, tmp_path):
     held_img, held_txt = _run(tiny_data, tmp_path, "held", 30)
     assert held_img < 0.5 * free_img, (held_img, free_img)
     assert held_txt < 0.5 * free_txt, (held_txt, free_txt)
+
+
+def test_refused_before_any_cache_or_output_is_written(tiny_data, tmp_path):
+    """A wrong anchor is reported before the caches are filled (minutes on real data) and before
+    the run folder exists."""
+    for sets, what in ((["loss.anchor.image='abc'"], "loss.anchor.image must be a number"),
+                       (['model.name="tiny-test"', "model.pretrained=false", "loss.anchor.text=1"],
+                        "model.pretrained = true")):
+        out, cache = tmp_path / "out dir", tmp_path / "cache dir"
+        cfg = load_config(None, [f'run.out="{out}"', "loss.preset='clip'", f'data.root="{tiny_data}"',
+                                 f'data.cache_dir="{cache}"', *sets])
+        with pytest.raises(ConfigError, match=what):
+            train(cfg)
+        assert not out.exists() and not cache.exists()

@@ -49,6 +49,28 @@ def anchor_config(loss_cfg: dict) -> dict:
     return out
 
 
+def check_anchor(acfg: dict, model_cfg: dict, student, pretrained: bool = True) -> None:
+    """ConfigError unless the anchors that are on can anchor this student (cheap: reads no
+    weights, so a trainer runs it before it fills any cache)."""
+    if not (acfg["image"] or acfg["text"]):
+        return
+    from .image_towers import EfficientNetLiteTower
+    from .text_towers import TextTower
+    if not pretrained:
+        raise ConfigError("loss.anchor holds the student near its pretrained weights; this "
+                          "student starts from random ones: set model.pretrained = true or "
+                          "switch the anchor off (loss.anchor.image = 0, loss.anchor.text = 0)")
+    enc = student.image_encoder
+    if acfg["image"] and not isinstance(enc, EfficientNetLiteTower):
+        raise ConfigError("loss.anchor.image needs an efficientnet_lite image tower (its "
+                          f"ImageNet classifier is the anchor); this one is "
+                          f"{type(enc).__name__}: set loss.anchor.image = 0")
+    kind = model_cfg["text"].get("type", "minilm")
+    if acfg["text"] and (not isinstance(student.text_encoder, TextTower) or kind != "minilm"):
+        raise ConfigError("loss.anchor.text needs a pretrained MiniLM text tower that "
+                          f"trains; this one is '{kind}': set loss.anchor.text = 0")
+
+
 class PretrainedAnchor(nn.Module):
     """Frozen pretrained copies of what the student trains, and the anchor losses.
 
@@ -59,23 +81,10 @@ class PretrainedAnchor(nn.Module):
 
     def __init__(self, acfg: dict, model_cfg: dict, student, pretrained: bool = True):
         super().__init__()
-        if not pretrained:
-            raise ConfigError("loss.anchor holds the student near its pretrained weights; this "
-                              "student starts from random ones: set model.pretrained = true or "
-                              "switch the anchor off (loss.anchor.image = 0, loss.anchor.text = 0)")
-        from .image_towers import EfficientNetLiteTower, lite_weights_path
+        check_anchor(acfg, model_cfg, student, pretrained)
+        from .image_towers import lite_weights_path
         from .models import build_student
-        from .text_towers import TextTower
         self.w_image, self.w_text, self.t = acfg["image"], acfg["text"], acfg["temperature"]
-        enc = student.image_encoder
-        if self.w_image and not isinstance(enc, EfficientNetLiteTower):
-            raise ConfigError("loss.anchor.image needs an efficientnet_lite image tower (its "
-                              f"ImageNet classifier is the anchor); this one is "
-                              f"{type(enc).__name__}: set loss.anchor.image = 0")
-        kind = model_cfg["text"].get("type", "minilm")
-        if self.w_text and (not isinstance(student.text_encoder, TextTower) or kind != "minilm"):
-            raise ConfigError("loss.anchor.text needs a pretrained MiniLM text tower that "
-                              f"trains; this one is '{kind}': set loss.anchor.text = 0")
         ref = build_student(model_cfg, pretrained=True)
         self.image_tail = self.text_encoder = self.fc = None
         if self.w_image:

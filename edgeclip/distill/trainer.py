@@ -196,6 +196,11 @@ class Trainer:
         self.model = build_student(mc["name"], pretrained=bool(mc["pretrained"]),
                                    overrides=mc.get("config") or None)
         self.edges = resolve_edges(cfg["loss"])
+        # anchors to the pretrained towers: checked before any cache is filled (built below, where
+        # drawing their heads' random init keeps the recorded runs' random stream)
+        from .anchor import PretrainedAnchor, anchor_config, check_anchor
+        acfg = anchor_config(cfg["loss"])
+        check_anchor(acfg, self.model.config, self.model, pretrained=bool(mc["pretrained"]))
         k = cfg["data"].get("captions_per_image", 1)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"data.captions_per_image must be a positive integer, got {k!r}")
@@ -225,8 +230,6 @@ class Trainer:
         self.graph = ConaGraph(self.edges, self.model.embed_dim, tdim)
         self.model.to(self.device)
         self.graph.to(self.device)
-        from .anchor import PretrainedAnchor, anchor_config
-        acfg = anchor_config(cfg["loss"])
         self.anchor = None
         if acfg["image"] or acfg["text"]:
             self.anchor = PretrainedAnchor(acfg, self.model.config, self.model,
